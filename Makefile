@@ -1,0 +1,45 @@
+# Newcomer entry points: `make serve` starts the service standalone, `make test` runs the
+# whole suite. `make setup` is idempotent and cheap when nothing is missing.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
+export UV_PYTHON_DOWNLOADS := never
+PYTEST_ARGS ?=
+
+.PHONY: setup serve test test-nopool lint typecheck bench clean image image-test
+
+setup: $(VENV)/.synced
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq bubblewrap)); \
+	  else echo "bubblewrap is missing: run  sudo apt-get install -y bubblewrap"; exit 1; fi; }
+	@test -x /usr/bin/python3 -a -x /usr/bin/node || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -qq python3 nodejs >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq python3 nodejs)); \
+	  else echo "python3/node missing: run  sudo apt-get install -y python3 nodejs"; exit 1; fi; }
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || test -x "$(UV)" || python3 -m pip install -q --user uv || python3 -m pip install -q uv
+	"$$(command -v uv || echo $(UV))" sync --frozen -q
+	@touch $@
+
+serve: setup
+	mkdir -p var/workspace var/results
+	@if [ "$$(id -u)" = 0 ]; then chown 65534:65534 var/workspace; fi
+	WORKSPACE_PATH=$(CURDIR)/var/workspace RESULTS_DIR=$(CURDIR)/var/results \
+	  $(VENV)/bin/sandbox-executor serve
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

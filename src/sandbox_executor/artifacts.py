@@ -1,0 +1,164 @@
+"""Which workspace files a run created or modified, scanned without trusting the workspace.
+
+The workspace is written by hostile code: symlinks are never followed (directories are
+walked by file descriptor, files opened with O_NOFOLLOW), FIFOs and devices are skipped
+without being opened, and scanning and hashing are capped so that a huge tree cannot stall
+the daemon.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+import os
+import stat
+from dataclasses import dataclass, field
+
+from .models import ArtifactDetail
+
+# (mtime_ns, ctime_ns, size, inode) of a regular file; enough to notice any rewrite.
+FileState = tuple[int, int, int, int]
+
+
+@dataclass
+class Snapshot:
+    """Regular files under the workspace, by relative path."""
+
+    files: dict[str, FileState] = field(default_factory=dict)
+    truncated: bool = False
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def _valid_text(name: str) -> bool:
+    # Names that are not valid UTF-8 (surrogate-escaped by os) or hold control characters
+    # cannot travel in JSON paths faithfully; they are not reported.
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return not any(ord(ch) < 32 or ord(ch) == 127 for ch in name)
+
+
+def snapshot(root: str, max_files: int) -> Snapshot:
+    """Record every visible regular file under ``root`` (at most ``max_files`` entries)."""
+    snap = Snapshot()
+    seen = 0
+    try:
+        walker = os.fwalk(root, follow_symlinks=False)
+        for dirpath, dirnames, filenames, dirfd in walker:
+            # Hidden directories are pruned; so are names we could not report anyway.
+            dirnames[:] = [d for d in dirnames if _visible(d) and _valid_text(d)]
+            rel_dir = os.path.relpath(dirpath, root)
+            for name in filenames:
+                seen += 1
+                if seen > max_files:
+                    snap.truncated = True
+                    return snap
+                if not (_visible(name) and _valid_text(name)):
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+                except OSError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+                snap.files[rel] = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+    except OSError:
+        pass
+    return snap
+
+
+def changed_files(before: Snapshot, after: Snapshot) -> list[tuple[str, str]]:
+    """Sorted (path, "created"|"modified") pairs: pure comparison of two snapshots."""
+    changes: list[tuple[str, str]] = []
+    for path, state in after.files.items():
+        old = before.files.get(path)
+        if old is None:
+            changes.append((path, "created"))
+        elif old != state:
+            changes.append((path, "modified"))
+    changes.sort()
+    return changes
+
+
+def describe(root: str, changes: list[tuple[str, str]], max_hash_bytes: int) -> list[ArtifactDetail]:
+    """Size, MIME type and sha256 of each changed file, hashing at most ``max_hash_bytes``."""
+    details: list[ArtifactDetail] = []
+    budget = max_hash_bytes
+    for path, change in changes:
+        info = _inspect(root, path, budget)
+        if info is None:
+            continue
+        size, digest, head = info
+        if digest is not None:
+            budget -= size
+        details.append(
+            ArtifactDetail(
+                path=path, size=size, mime_type=guess_mime(path, head), sha256=digest, change=change
+            )
+        )
+    return details
+
+
+def _inspect(root: str, rel: str, budget: int) -> tuple[int, str | None, bytes] | None:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    parts = rel.split("/")
+    fds: list[int] = []
+    try:
+        dirfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fds.append(dirfd)
+        for part in parts[:-1]:
+            dirfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+            fds.append(dirfd)
+        fd = os.open(parts[-1], flags, dir_fd=dirfd)
+        fds.append(fd)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            head = fh.read(2048)
+            if st.st_size > budget:
+                return st.st_size, None, head
+            digest = hashlib.sha256(head)
+            remaining = budget - len(head)
+            while remaining > 0:
+                chunk = fh.read(min(1 << 20, remaining))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                remaining -= len(chunk)
+            return st.st_size, digest.hexdigest(), head
+    except OSError:
+        return None
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def guess_mime(path: str, head: bytes) -> str:
+    """MIME type from content (puremagic), then the extension, then a text heuristic."""
+    try:
+        import puremagic
+
+        if head:
+            matches = puremagic.magic_string(head, filename=path)
+            if matches:
+                mime = str(matches[0].mime_type or "")
+                if mime:
+                    return mime
+    except Exception:  # noqa: BLE001 - detection is best effort, never a failure
+        pass
+    guessed, _ = mimetypes.guess_type(path, strict=False)
+    if guessed:
+        return guessed
+    if not head:
+        return "application/octet-stream" if path else "text/plain"
+    try:
+        head.decode("utf-8")
+        return "text/plain"
+    except UnicodeDecodeError:
+        return "application/octet-stream"

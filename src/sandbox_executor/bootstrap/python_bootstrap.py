@@ -1,0 +1,151 @@
+# Runs inside the sandbox, passed to `python3 -I -S -u -B -c`. Kept import-light: every
+# millisecond here is start-up latency. Protocol: one JSON message on fd 3 (code, event,
+# env, limits) on the input fd (argv[1]), the outcome as one JSON document on the result fd
+# (argv[2]), which is moved out of the way and made close-on-exec so child processes cannot
+# write to it; stdout is never parsed.
+import os
+import sys
+
+
+def _sandbox_main():
+    import json
+
+    input_fd, output_fd = int(sys.argv[1]), int(sys.argv[2])
+    chunks = []
+    while True:
+        chunk = os.read(input_fd, 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(input_fd)
+    msg = json.loads(b"".join(chunks))
+    import fcntl
+
+    result_fd = fcntl.fcntl(output_fd, fcntl.F_DUPFD_CLOEXEC, 200)
+    os.close(output_fd)
+    for path in msg.get("sys_path", ()):
+        if path not in sys.path:
+            sys.path.append(path)
+    os.environ.update(msg.get("env", {}))
+    max_bytes = int(msg.get("max_return_bytes", 10485760))
+    code = msg["code"]
+    filename = msg.get("filename", "handler.py")
+
+    def report(doc):
+        data = json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8", "surrogatepass")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(result_fd, view) :]
+
+    def fail(kind, message, exit_code=1):
+        sys.stderr.write(message if message.endswith("\n") else message + "\n")
+        sys.stderr.flush()
+        report({"ok": False, "error_type": kind, "error": message.strip()[-4000:]})
+        sys.stdout.flush()
+        os._exit(exit_code)
+
+    def print_user_traceback(exc):
+        import traceback
+
+        tb = exc.__traceback__
+        # Drop the bootstrap's own frames so the trace starts in the user's code.
+        while tb is not None and tb.tb_frame.f_code.co_filename == "<string>":
+            tb = tb.tb_next
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        return text
+
+    import linecache
+
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    namespace = {"__name__": "__main__", "__file__": filename, "__builtins__": __builtins__}
+    sys.argv = [filename]
+    try:
+        compiled = compile(code, filename, "exec")
+        exec(compiled, namespace)
+        handler = namespace.get("handler")
+        if handler is None:
+            fail(
+                "NoHandler",
+                "No handler found: define `def handler(event):` (or `handler(event, context)`) "
+                "at the top level of the code.",
+            )
+        if not callable(handler):
+            fail("NoHandler", "`handler` is defined but is not callable.")
+        event = msg.get("event") or {}
+        context = _Context(msg.get("context", {}))
+        if _wants_context(handler):
+            value = handler(event, context)
+        else:
+            value = handler(event)
+        if hasattr(value, "__await__"):
+            import asyncio
+
+            async def _await(awaitable):
+                return await awaitable
+
+            value = asyncio.run(_await(value))
+    except MemoryError:
+        sys.stdout.flush()
+        fail("MemoryError", "MemoryError: the execution exceeded its memory limit.")
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - report anything the user code raised
+        sys.stdout.flush()
+        fail(type(exc).__name__, print_user_traceback(exc))
+    sys.stdout.flush()
+    try:
+        payload = json.dumps(
+            {"ok": True, "return_value": value}, ensure_ascii=False, allow_nan=False
+        ).encode("utf-8", "surrogatepass")
+    except (TypeError, ValueError, RecursionError, OverflowError) as exc:
+        fail(
+            "NonSerializableReturn",
+            f"The handler's return value is not JSON-serializable: {type(exc).__name__}: "
+            f"{str(exc)[:500]}",
+        )
+    except MemoryError:
+        fail("MemoryError", "MemoryError while serializing the return value.")
+    if len(payload) > max_bytes:
+        fail(
+            "ReturnValueTooLarge",
+            f"The handler's return value is {len(payload)} bytes serialized; "
+            f"the limit is {max_bytes} bytes.",
+        )
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(result_fd, view) :]
+    os.close(result_fd)
+
+
+class _Context:
+    """Lambda-style context: execution id and remaining time."""
+
+    def __init__(self, data):
+        import time
+
+        self.execution_id = self.aws_request_id = data.get("execution_id", "")
+        self.function_name = "handler"
+        self._deadline = time.monotonic() + float(data.get("timeout", 0))
+
+    def get_remaining_time_in_millis(self):
+        import time
+
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def _wants_context(fn):
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        call = getattr(type(fn), "__call__", None)
+        code = getattr(call, "__code__", None)
+        if code is None:
+            return False
+        offset = 1
+    else:
+        offset = 1 if hasattr(fn, "__self__") else 0
+    if code.co_flags & 0x04:  # *args
+        return True
+    return code.co_argcount - offset >= 2
+
+
+_sandbox_main()

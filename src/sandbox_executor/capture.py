@@ -1,0 +1,51 @@
+"""Bounded, incremental capture of a pipe into the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+
+class BoundedCapture(asyncio.Protocol):
+    """Keeps at most ``limit`` bytes of a stream and drains (and counts) the rest.
+
+    Never holds more than ``limit`` bytes, so a flood costs the daemon no memory; the read
+    side never stops, so the writer never blocks on a full pipe.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._chunks: list[bytes] = []
+        self.kept = 0
+        self.total = 0
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.limit - self.kept
+        if room > 0:
+            piece = data[:room]
+            self._chunks.append(piece)
+            self.kept += len(piece)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.kept
+
+    def data(self) -> bytes:
+        return b"".join(self._chunks)
+
+
+async def capture_fd(fd: int, limit: int) -> tuple[asyncio.ReadTransport, BoundedCapture]:
+    """Start capturing the read end ``fd`` (ownership passes to the transport)."""
+    loop = asyncio.get_running_loop()
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    transport, protocol = await loop.connect_read_pipe(lambda: BoundedCapture(limit), pipe)
+    return transport, protocol

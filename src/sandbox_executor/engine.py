@@ -1,0 +1,130 @@
+"""The execution engine: one request in, one truthful :class:`ExecutionResult` out."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+
+import structlog
+
+from .config import Settings
+from .models import ExecuteRequest, ExecutionResult, Language, TerminationReason
+from .runner import Limits, Sandbox, SandboxStartError, crashed_result, job_from_request
+from .runtimes import SANDBOX_VENV_MOUNT, base_environment
+from .sandbox import Mount, SandboxSpec, bwrap_supports, host_system_mounts
+
+log = structlog.get_logger(__name__)
+
+
+def _memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+class Engine:
+    """Starts sandboxes and runs executions in them."""
+
+    def __init__(self, settings: Settings, seccomp_program: bytes | None = None) -> None:
+        self.settings = settings
+        self.limits = Limits.from_settings(settings)
+        self._seccomp_program = seccomp_program
+        self._mounts: list[Mount] | None = None
+        self._disable_userns = True
+        self._etc_files: dict[str, bytes] = {}
+        self.warm_sandbox_source: Callable[[Language], Sandbox | None] | None = None
+
+    def prepare(self) -> None:
+        """Inspect the host once: system mounts, bwrap features, synthetic /etc files."""
+        if self._mounts is not None:
+            return
+        self._mounts = host_system_mounts()
+        uid, gid = self.settings.sandbox_ids()
+        self._etc_files = {
+            "/etc/passwd": (
+                f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
+                f"sandbox:x:{uid}:{gid}:sandbox:/workspace:/bin/bash\n"
+                f"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+            ).encode(),
+            "/etc/group": f"root:x:0:\nsandbox:x:{gid}:\nnogroup:x:65534:\n".encode(),
+            "/etc/hosts": b"127.0.0.1 localhost sandbox\n::1 localhost\n",
+            "/etc/nsswitch.conf": b"passwd: files\ngroup: files\nhosts: files\n",
+        }
+        if not self.settings.disable_bwrap:
+            bwrap = shutil.which(self.settings.bwrap_path) or self.settings.bwrap_path
+            try:
+                help_text = subprocess.run(
+                    [bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False
+                ).stdout
+            except OSError:
+                help_text = ""
+            self._disable_userns = bwrap_supports(help_text, "--disable-userns")
+            if self._seccomp_program is None and self.settings.seccomp_enabled:
+                self._seccomp_program = _load_seccomp()
+
+    @property
+    def seccomp_active(self) -> bool:
+        return self._seccomp_program is not None
+
+    def spec(self, *, command: Sequence[str], info_fd: int, language: Language) -> SandboxSpec:
+        """The sandbox shape for one start; opens the single-use descriptors it names."""
+        assert self._mounts is not None
+        data_files = tuple((_memfd(path, data), path) for path, data in self._etc_files.items())
+        seccomp_fd = _memfd("seccomp", self._seccomp_program) if self._seccomp_program else None
+        extra = [Mount("ro-bind-try", os.path.realpath(self.settings.sandbox_venv_path), SANDBOX_VENV_MOUNT)]
+        return SandboxSpec(
+            command=command,
+            workspace=str(self.settings.workspace_dir),
+            bwrap_path=self.settings.bwrap_path,
+            system_mounts=self._mounts,
+            extra_mounts=extra,
+            env=base_environment(self.settings, language),
+            tmpfs_size_bytes=self.settings.tmpfs_size_mb * 1024 * 1024,
+            disable_userns=self._disable_userns,
+            seccomp_fd=seccomp_fd,
+            info_fd=info_fd,
+            data_files=data_files,
+        )
+
+    def uid_gid(self) -> tuple[int, int] | None:
+        """Drop to the sandbox user when the daemon is root; never run user code as root."""
+        return self.settings.sandbox_ids() if self.settings.runs_as_root else None
+
+    async def start_sandbox(self, language: Language) -> Sandbox:
+        """Start a sandbox for ``language`` that waits for its launch message."""
+        self.prepare()
+        sandbox = Sandbox(language, self.settings, self.limits)
+        factory = None if self.settings.disable_bwrap else self.spec
+        await sandbox.start(factory, self.uid_gid())
+        return sandbox
+
+    async def execute(self, request: ExecuteRequest) -> ExecutionResult:
+        """Run ``request`` to completion; never raises for anything the user code did."""
+        job = job_from_request(request, self.settings)
+        started = time.monotonic()
+        sandbox = self.warm_sandbox_source(request.language) if self.warm_sandbox_source else None
+        if sandbox is None:
+            try:
+                sandbox = await self.start_sandbox(request.language)
+            except SandboxStartError as exc:
+                log.error("sandbox_start_failed", error=str(exc))
+                return crashed_result(str(exc), TerminationReason.SANDBOX_ERROR, time.monotonic() - started)
+        if self.settings.disable_bwrap:
+            log.warning("isolation_disabled", execution_id=request.execution_id)
+        try:
+            return await sandbox.run(job, request.stdin, str(self.settings.workspace_dir))
+        finally:
+            await sandbox.discard()
+
+
+def _load_seccomp() -> bytes | None:
+    try:
+        from . import seccomp
+    except ImportError:
+        return None
+    return seccomp.build_program()
+

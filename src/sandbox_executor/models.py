@@ -1,0 +1,152 @@
+"""Request and result schemas shared by the engine, the API, the CLI and the callbacks."""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+EXECUTION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_CODE_BYTES = 1024 * 1024
+MAX_ENV_BYTES = 64 * 1024
+MAX_ENV_VARS = 256
+# Variables that would let user-provided values steer the sandbox's own bootstrap.
+RESERVED_ENV_NAMES = frozenset({"SANDBOX_EVENT_FILE"})
+
+Language = Literal["python", "javascript", "shell"]
+
+
+class Status(StrEnum):
+    """Final status vocabulary of the control plane (``error`` is rejected there)."""
+
+    SUCCESS = "success"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CRASHED = "crashed"
+
+
+class TerminationReason(StrEnum):
+    """Why the run ended; travels beside ``status`` as an extra field."""
+
+    EXITED = "exited"
+    SIGNALED = "signaled"
+    TIMEOUT = "timeout"
+    MEMORY_LIMIT = "memory_limit"
+    SANDBOX_ERROR = "sandbox_error"
+    SHUTDOWN = "shutdown"
+
+
+class ExecuteRequest(BaseModel):
+    """Body of ``POST /execute`` (CONTRACT.md section 1). Unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
+
+    execution_id: str = Field(pattern=EXECUTION_ID_RE.pattern, examples=["exec_20260101120000_0123abcd"])
+    session_id: str | None = Field(default=None, max_length=256)
+    code: str
+    language: Language
+    timeout: int = Field(default=30, ge=1, le=3600)
+    event: dict[str, Any] | None = None
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    stdin: str | None = None
+
+    @field_validator("code")
+    @classmethod
+    def _code_size(cls, value: str) -> str:
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > MAX_CODE_BYTES:
+            raise ValueError(f"code is {size} bytes; the limit is {MAX_CODE_BYTES} bytes (1 MiB)")
+        if "\x00" in value:
+            raise ValueError("code must not contain NUL characters")
+        return value
+
+    @field_validator("env_vars")
+    @classmethod
+    def _env_vars(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_ENV_VARS:
+            raise ValueError(f"at most {MAX_ENV_VARS} environment variables are allowed")
+        total = 0
+        for name, val in value.items():
+            if not ENV_NAME_RE.match(name):
+                raise ValueError(
+                    f"invalid environment variable name {name[:64]!r}: "
+                    "use letters, digits and underscores, not starting with a digit"
+                )
+            if name in RESERVED_ENV_NAMES:
+                raise ValueError(f"environment variable {name} is reserved by the executor")
+            if "\x00" in val:
+                raise ValueError(f"environment variable {name} contains a NUL character")
+            total += len(name) + len(val.encode("utf-8", "surrogatepass")) + 2
+        if total > MAX_ENV_BYTES:
+            raise ValueError(f"environment variables total {total} bytes; the limit is {MAX_ENV_BYTES}")
+        return value
+
+    @model_validator(mode="after")
+    def _event_from_stdin(self) -> ExecuteRequest:
+        # Older callers sent the event as JSON on stdin; honour it when no event is given.
+        if self.event is None and self.stdin:
+            try:
+                parsed = json.loads(self.stdin)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                self.event = parsed
+        return self
+
+    def effective_event(self) -> dict[str, Any]:
+        return self.event if self.event is not None else {}
+
+    def fingerprint(self) -> str:
+        """Stable digest of the payload, to tell a retry from a conflicting reuse of an id."""
+        import hashlib
+
+        payload = self.model_dump(mode="json")
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class Metrics(BaseModel):
+    """Resource accounting of the sandbox's whole process tree."""
+
+    duration_ms: float
+    cpu_time_ms: float | None = None
+    peak_memory_mb: float | None = None
+    io_read_bytes: int | None = None
+    io_write_bytes: int | None = None
+
+
+class ArtifactDetail(BaseModel):
+    """A workspace file this run created or modified."""
+
+    path: str
+    size: int
+    mime_type: str
+    sha256: str | None = None
+    change: Literal["created", "modified"]
+
+
+class ExecutionResult(BaseModel):
+    """What one execution produced; the callback body of CONTRACT.md section 2 plus extras."""
+
+    status: Status
+    exit_code: int
+    stdout: str = ""
+    stderr: str = ""
+    execution_time: float
+    return_value: Any = None
+    metrics: Metrics | None = None
+    artifacts: list[str] = Field(default_factory=list)
+    termination_reason: TerminationReason
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    artifact_details: list[ArtifactDetail] = Field(default_factory=list)
+    artifacts_truncated: bool = False
+    error: str | None = None
+
+    def callback_body(self) -> dict[str, Any]:
+        """JSON body for the control plane's result route (never NaN/Infinity)."""
+        return self.model_dump(mode="json")

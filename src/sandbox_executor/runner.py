@@ -1,0 +1,427 @@
+"""Spawning sandboxes, enforcing limits and timeouts, and turning a run into a result.
+
+A :class:`Sandbox` is started before it knows its request (bwrap + interpreter + bootstrap,
+blocked reading its input pipe) and serves exactly one execution. The cold path starts one
+and hands over at once; the warm pool (``pool.py``) starts them ahead of time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from . import artifacts
+from .capture import BoundedCapture, capture_fd
+from .config import MIB, Settings
+from .models import ExecuteRequest, ExecutionResult, Language, Metrics, Status, TerminationReason
+from .runtimes import (
+    LaunchJob,
+    base_environment,
+    interpreter_command,
+    launch_message,
+    uses_result_channel,
+)
+from .sandbox import Mount, SandboxSpec, build_bwrap_argv
+
+log = structlog.get_logger(__name__)
+
+# Markers interpreters print when an allocation fails under the memory rlimit.
+_MEMORY_MARKERS = (
+    "JavaScript heap out of memory",
+    "Fatal process out of memory",
+    "Allocation failed",
+    "xmalloc: cannot allocate",
+    "Cannot allocate memory",
+    "MemoryError",
+)
+TIMEOUT_MESSAGE = "Execution timeout after {seconds} seconds"
+_KILL_GRACE_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits applied to one sandbox's process tree."""
+
+    memory_bytes: int
+    pids: int
+    file_size_bytes: int
+    open_files: int
+    cpu_seconds: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        cpu = settings.cpu_time_limit_seconds or (settings.max_timeout_seconds * 2 + 10)
+        return cls(
+            memory_bytes=settings.memory_limit_mb * MIB,
+            pids=settings.pids_limit,
+            file_size_bytes=settings.max_file_size_mb * MIB,
+            open_files=settings.max_open_files,
+            cpu_seconds=cpu,
+        )
+
+
+def _limits_preexec(limits: Limits) -> Callable[[], None]:
+    def apply() -> None:
+        # Runs in the child between fork and exec, after the uid switch: the limits bind
+        # bwrap and everything below it. RLIMIT_DATA (not AS) so node can reserve its
+        # address space while real allocations stay capped.
+        resource.setrlimit(resource.RLIMIT_DATA, (limits.memory_bytes, limits.memory_bytes))
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits.pids, limits.pids))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_bytes, limits.file_size_bytes))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    return apply
+
+
+class SandboxStartError(RuntimeError):
+    """bwrap could not be started at all."""
+
+
+class Sandbox:
+    """One started sandbox, waiting on its input pipe for exactly one execution."""
+
+    def __init__(self, language: Language, settings: Settings, limits: Limits) -> None:
+        self.language = language
+        self.settings = settings
+        self.limits = limits
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = time.monotonic()
+        self._input_w: int | None = None
+        self._stdin_w: int | None = None
+        self._transports: list[asyncio.BaseTransport] = []
+        self._stdout: BoundedCapture | None = None
+        self._stderr: BoundedCapture | None = None
+        self._result: BoundedCapture | None = None
+        self._info: BoundedCapture | None = None
+        self._exited: asyncio.Future[tuple[int, Any]] | None = None
+        self._pidfd: int | None = None
+        self.used = False
+
+    # ------------------------------------------------------------------ start-up
+    async def start(self, spec_factory: Callable[..., SandboxSpec] | None, uid_gid: tuple[int, int] | None) -> None:
+        """Spawn bwrap and the interpreter; returns once the process exists."""
+        loop = asyncio.get_running_loop()
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        res_r, res_w = os.pipe2(os.O_CLOEXEC)
+        info_r, info_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+        child_fds = [in_r, res_w, info_w, out_w, err_w, stdin_r]
+        command = interpreter_command(self.language, self.settings, in_r, res_w)
+        pass_fds: list[int] = [in_r, res_w]
+        if spec_factory is not None:
+            spec = spec_factory(command=command, info_fd=info_w, language=self.language)
+            argv = build_bwrap_argv(spec)
+            pass_fds += spec.inherited_fds()
+            # The spec's own descriptors (data files, seccomp program) are single-use.
+            child_fds += [fd for fd in spec.inherited_fds() if fd != info_w]
+            cwd = None
+            env: dict[str, str] = {}
+        else:
+            argv = command
+            cwd = str(self.settings.workspace_dir)
+            env = dict(base_environment(self.settings, self.language))
+        kwargs: dict[str, Any] = {}
+        if uid_gid is not None:
+            kwargs.update(user=uid_gid[0], group=uid_gid[1], extra_groups=[])
+            # bash reopens its script as /dev/fd/N, which checks the pipe inode's owner.
+            os.fchown(in_r, uid_gid[0], uid_gid[1])
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=stdin_r,
+                stdout=out_w,
+                stderr=err_w,
+                pass_fds=pass_fds,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_limits_preexec(self.limits),  # noqa: PLW1509
+                **kwargs,
+            )
+        except OSError as exc:
+            for fd in (*child_fds, in_w, res_r, info_r, out_r, err_r, stdin_w):
+                os.close(fd)
+            raise SandboxStartError(f"cannot start the sandbox: {exc}") from exc
+        for fd in child_fds:
+            os.close(fd)
+        self._input_w = in_w
+        self._stdin_w = stdin_w
+        cap = self.settings.max_output_bytes
+        for fd, limit, attr in (
+            (out_r, cap, "_stdout"),
+            (err_r, cap, "_stderr"),
+            (res_r, self.settings.max_return_value_bytes + 64 * 1024, "_result"),
+            (info_r, 64 * 1024, "_info"),
+        ):
+            transport, protocol = await capture_fd(fd, limit)
+            self._transports.append(transport)
+            setattr(self, attr, protocol)
+        self._exited = loop.create_future()
+        self._pidfd = os.pidfd_open(self.proc.pid)
+        loop.add_reader(self._pidfd, self._on_pidfd)
+
+    def _on_pidfd(self) -> None:
+        assert self.proc is not None and self._exited is not None
+        try:
+            pid, status, rusage = os.wait4(self.proc.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status, rusage = self.proc.pid, 0, None
+        if pid == 0:
+            return
+        loop = asyncio.get_running_loop()
+        if self._pidfd is not None:
+            loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        if not self._exited.done():
+            self._exited.set_result((self.proc.returncode, rusage))
+
+    @property
+    def alive(self) -> bool:
+        return self._exited is not None and not self._exited.done()
+
+    # ------------------------------------------------------------------ kill
+    def _inner_pid(self) -> int | None:
+        # bwrap reports the pid of the sandbox's PID-namespace init on --info-fd; killing it
+        # makes the kernel kill every process in the namespace, setsid()'d or not.
+        if self._info is None:
+            return None
+        try:
+            doc = json.loads(self._info.data().decode() or "{}")
+        except ValueError:
+            return None
+        pid = doc.get("child-pid")
+        return int(pid) if isinstance(pid, int) else None
+
+    async def kill(self) -> None:
+        """Kill the whole process tree and wait until bwrap is reaped."""
+        if self.proc is None or self._exited is None:
+            return
+        if self._exited.done():
+            return
+        inner = self._inner_pid()
+        if inner is not None:
+            with contextlib.suppress(OSError):
+                fd = os.pidfd_open(inner)
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                finally:
+                    os.close(fd)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._exited), _KILL_GRACE_SECONDS if inner else 0.001)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self._exited
+
+    async def discard(self) -> None:
+        """Kill an unused sandbox and release its descriptors."""
+        await self.kill()
+        self._close_writers()
+        for transport in self._transports:
+            transport.close()
+
+    def _close_writers(self) -> None:
+        for attr in ("_input_w", "_stdin_w"):
+            fd = getattr(self, attr)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, attr, None)
+
+    # ------------------------------------------------------------------ run
+    async def run(self, job: LaunchJob, stdin: str | None, workspace: str) -> ExecutionResult:
+        """Hand ``job`` to the waiting interpreter and collect the outcome."""
+        assert self.proc is not None and self._exited is not None
+        assert not self.used, "a sandbox serves exactly one execution"
+        self.used = True
+        loop = asyncio.get_running_loop()
+        before = await loop.run_in_executor(
+            None, artifacts.snapshot, workspace, self.settings.artifact_max_files
+        )
+        started = time.monotonic()
+        deadline = started + job.timeout
+        feeders = [
+            asyncio.ensure_future(self._feed(self._input_w, launch_message(job))),
+            asyncio.ensure_future(self._feed(self._stdin_w, (stdin or "").encode("utf-8", "surrogatepass"))),
+        ]
+        self._input_w = self._stdin_w = None
+        timed_out = False
+        try:
+            returncode, rusage = await asyncio.wait_for(
+                asyncio.shield(self._exited), max(0.0, deadline - time.monotonic())
+            )
+        except TimeoutError:
+            timed_out = True
+            await self.kill()
+            returncode, rusage = self._exited.result()
+        ended = time.monotonic()
+        for feeder in feeders:
+            feeder.cancel()
+        await self._drain_captures()
+        after = await loop.run_in_executor(
+            None, artifacts.snapshot, workspace, self.settings.artifact_max_files
+        )
+        changes = artifacts.changed_files(before, after)
+        cap = self.settings.artifact_max_reported
+        details = await loop.run_in_executor(
+            None, artifacts.describe, workspace, changes[:cap], self.settings.artifact_max_hash_bytes
+        )
+        return self._build_result(
+            job, returncode, rusage, ended - started, timed_out, details,
+            truncated=before.truncated or after.truncated or len(changes) > cap,
+        )
+
+    async def _feed(self, fd: int | None, data: bytes) -> None:
+        if fd is None:
+            return
+        loop = asyncio.get_running_loop()
+        pipe = os.fdopen(fd, "wb", buffering=0)
+        try:
+            transport, protocol = await loop.connect_write_pipe(asyncio.Protocol, pipe)
+        except OSError:
+            pipe.close()
+            return
+        try:
+            transport.write(data)
+            # Wait until the kernel took everything, then close: EOF starts the code.
+            while transport.get_write_buffer_size() and not transport.is_closing():
+                await asyncio.sleep(0.001)
+        finally:
+            transport.close()
+
+    async def _drain_captures(self) -> None:
+        # All writers are dead once bwrap is reaped (the PID namespace is gone), so EOF is
+        # near; the bound only guards against a leaked descriptor.
+        waits = [c.done for c in (self._stdout, self._stderr, self._result) if c is not None]
+        await asyncio.wait(waits, timeout=2.0)
+        for transport in self._transports:
+            transport.close()
+
+    def _build_result(
+        self,
+        job: LaunchJob,
+        returncode: int,
+        rusage: Any,
+        elapsed: float,
+        timed_out: bool,
+        details: list[Any],
+        truncated: bool,
+    ) -> ExecutionResult:
+        assert self._stdout is not None and self._stderr is not None and self._result is not None
+        stdout = self._stdout.data().decode("utf-8", "replace")
+        stderr = self._stderr.data().decode("utf-8", "replace")
+        outcome = _parse_outcome(self._result) if uses_result_channel(self.language) else None
+        started_inner = self._inner_pid() is not None or self.settings.disable_bwrap
+        return_value: Any = None
+        error: str | None = None
+        exit_code = returncode
+        if timed_out:
+            status, reason, exit_code = Status.TIMEOUT, TerminationReason.TIMEOUT, -1
+            suffix = TIMEOUT_MESSAGE.format(seconds=job.timeout)
+            stderr = f"{stderr}\n{suffix}" if stderr and not stderr.endswith("\n") else stderr + suffix
+            error = suffix
+        elif not started_inner:
+            status, reason, exit_code = Status.CRASHED, TerminationReason.SANDBOX_ERROR, -1
+            error = "the sandbox could not be created: " + stderr.strip()[-500:]
+        elif outcome is not None and outcome.get("ok") is True and returncode == 0:
+            status, reason = Status.SUCCESS, TerminationReason.EXITED
+            return_value = outcome.get("return_value")
+        elif outcome is not None and outcome.get("ok") is False:
+            status = Status.FAILED
+            kind = outcome.get("error_type")
+            reason = TerminationReason.MEMORY_LIMIT if kind == "MemoryError" else TerminationReason.EXITED
+            error = str(outcome.get("error", ""))[-2000:] or None
+            if exit_code == 0:
+                exit_code = 1
+        elif returncode == 0:
+            status, reason = Status.SUCCESS, TerminationReason.EXITED
+        else:
+            status = Status.FAILED
+            reason = TerminationReason.EXITED
+            if returncode < 0 or returncode > 128:
+                reason = TerminationReason.SIGNALED
+            if any(marker in stderr for marker in _MEMORY_MARKERS):
+                reason = TerminationReason.MEMORY_LIMIT
+        if self._result.truncated and status == Status.SUCCESS:
+            status, reason = Status.FAILED, TerminationReason.EXITED
+            error = "the return value exceeded the result channel's cap"
+            return_value = None
+        metrics = Metrics(duration_ms=round(elapsed * 1000, 3))
+        if rusage is not None:
+            metrics.cpu_time_ms = round((rusage.ru_utime + rusage.ru_stime) * 1000, 3)
+            metrics.peak_memory_mb = round(rusage.ru_maxrss / 1024, 3)
+            metrics.io_read_bytes = int(rusage.ru_inblock) * 512
+            metrics.io_write_bytes = int(rusage.ru_oublock) * 512
+        return ExecutionResult(
+            status=status,
+            exit_code=exit_code,
+            stdout=stdout,
+            stderr=stderr,
+            execution_time=round(elapsed, 6),
+            return_value=return_value,
+            metrics=metrics,
+            artifacts=[d.path for d in details],
+            artifact_details=details,
+            artifacts_truncated=truncated,
+            termination_reason=reason,
+            stdout_truncated=self._stdout.truncated,
+            stderr_truncated=self._stderr.truncated,
+            error=error,
+        )
+
+
+def _parse_outcome(capture: BoundedCapture) -> dict[str, Any] | None:
+    raw = capture.data()
+    if not raw or capture.truncated:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def job_from_request(request: ExecuteRequest, settings: Settings) -> LaunchJob:
+    """The launch job for a validated request, with limits clamped to the daemon's maxima."""
+    return LaunchJob(
+        execution_id=request.execution_id,
+        language=request.language,
+        code=request.code,
+        event=request.effective_event(),
+        env=dict(request.env_vars),
+        timeout=settings.clamp_timeout(request.timeout),
+        max_return_bytes=settings.max_return_value_bytes,
+    )
+
+
+def crashed_result(message: str, reason: TerminationReason, elapsed: float = 0.0) -> ExecutionResult:
+    """A result for a run that never produced one of its own (sandbox error, shutdown)."""
+    return ExecutionResult(
+        status=Status.CRASHED,
+        exit_code=-1,
+        stderr=message,
+        execution_time=round(elapsed, 6),
+        metrics=Metrics(duration_ms=round(elapsed * 1000, 3)),
+        termination_reason=reason,
+        error=message,
+    )
+
+
+__all__ = ["Limits", "Mount", "Sandbox", "SandboxStartError", "crashed_result", "job_from_request"]

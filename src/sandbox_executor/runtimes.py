@@ -1,0 +1,119 @@
+"""Per-language launch: the interpreter command and the message that starts user code.
+
+Every sandbox starts its interpreter with a bootstrap that blocks on fd 3 for a launch
+message; this keeps code and event off argv and environment (no size limits) and lets a
+pre-started sandbox take a request later (the warm pool).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from .config import Settings
+from .models import Language
+
+SANDBOX_VENV_MOUNT = "/opt/sandbox-venv"
+SHELL_EVENT_FILE = "/tmp/event.json"
+PYTHON_EXTRA_PATHS = ("/usr/lib/python3/dist-packages",)
+
+
+def _bootstrap(name: str) -> str:
+    return resources.files("sandbox_executor.bootstrap").joinpath(name).read_text("utf-8")
+
+
+PYTHON_BOOTSTRAP = _bootstrap("python_bootstrap.py")
+NODE_BOOTSTRAP = _bootstrap("node_bootstrap.js")
+# Reads the launch script from fd 3 (exports + event file + user code) and runs it as the
+# script itself, so `exit`, `$LINENO` and errors behave as in a plain bash script.
+SHELL_BOOTSTRAP = 'eval "exec $2>&-"; exec bash --noprofile --norc "/dev/fd/$1"'
+
+
+@dataclass(frozen=True)
+class LaunchJob:
+    """What a sandbox needs to start user code."""
+
+    execution_id: str
+    language: Language
+    code: str
+    event: dict[str, Any]
+    env: dict[str, str]
+    timeout: int
+    max_return_bytes: int
+
+
+def interpreter_command(
+    language: Language, settings: Settings, input_fd: int, result_fd: int
+) -> list[str]:
+    """The command run inside the sandbox, before any request is known.
+
+    ``input_fd`` carries the launch message in; ``result_fd`` the handler's outcome out.
+    """
+    fds = [str(input_fd), str(result_fd)]
+    if language == "python":
+        # -I: ignore PYTHON* variables and user site; -S: skip site (3-5 ms of start-up; the
+        # bootstrap adds the paths it needs); -u: unbuffered, so output before a timeout
+        # is kept; -B: no .pyc writes into the workspace.
+        return [settings.python_path, "-I", "-S", "-u", "-B", "-c", PYTHON_BOOTSTRAP, *fds]
+    if language == "javascript":
+        heap_mb = max(32, settings.memory_limit_mb * 3 // 4)
+        return [settings.node_path, f"--max-old-space-size={heap_mb}", "-e", NODE_BOOTSTRAP, *fds]
+    if language == "shell":
+        return [settings.bash_path, "--noprofile", "--norc", "-c", SHELL_BOOTSTRAP, "bash", *fds]
+    raise ValueError(f"unsupported language {language!r}")
+
+
+def uses_result_channel(language: Language) -> bool:
+    """Whether the runtime reports a handler outcome on the result fd."""
+    return language in ("python", "javascript")
+
+
+def launch_message(job: LaunchJob) -> bytes:
+    """The bytes written to the sandbox's fd 3 to start ``job``."""
+    if job.language == "shell":
+        return _shell_script(job).encode("utf-8", "surrogatepass")
+    doc: dict[str, Any] = {
+        "code": job.code,
+        "event": job.event,
+        "env": job.env,
+        "max_return_bytes": job.max_return_bytes,
+        "context": {"execution_id": job.execution_id, "timeout": job.timeout},
+    }
+    if job.language == "python":
+        doc["sys_path"] = [SANDBOX_VENV_MOUNT, *PYTHON_EXTRA_PATHS]
+        doc["filename"] = "handler.py"
+    else:
+        doc["filename"] = "handler.js"
+        doc["node_paths"] = [f"{SANDBOX_VENV_MOUNT}/node_modules"]
+    return json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+def _shell_script(job: LaunchJob) -> str:
+    event_json = json.dumps(job.event, ensure_ascii=False)
+    exports = "".join(f"export {name}={shlex.quote(value)}; " for name, value in job.env.items())
+    # One prelude line, so the user's code starts on line 2 of the script.
+    prelude = (
+        'eval "exec ${0##*/}<&-"; '
+        f"{exports}export SANDBOX_EVENT_FILE={SHELL_EVENT_FILE}; "
+        f"printf '%s' {shlex.quote(event_json)} > {SHELL_EVENT_FILE};\n"
+    )
+    return prelude + job.code + "\n"
+
+
+def base_environment(settings: Settings, language: Language) -> list[tuple[str, str]]:
+    """The environment an interpreter starts with; nothing of the daemon's own."""
+    env = [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("HOME", "/workspace"),
+        ("TMPDIR", "/tmp"),
+        ("LANG", "C.UTF-8"),
+        ("PYTHONUNBUFFERED", "1"),
+        ("PYTHONDONTWRITEBYTECODE", "1"),
+        ("PYTHONPATH", SANDBOX_VENV_MOUNT),
+    ]
+    if language == "javascript":
+        env.append(("NODE_PATH", f"{SANDBOX_VENV_MOUNT}/node_modules"))
+    return env

@@ -1,0 +1,141 @@
+"""The bwrap command line, as a pure function of a :class:`SandboxSpec`.
+
+Nothing here touches the file system or the process table: the caller inspects the host
+once (:func:`host_system_mounts`) and passes plain data in, so the argv can be unit-tested
+exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+# Directories the interpreters need, bound read-only when they exist as real directories;
+# on a merged-/usr system /bin, /lib... are symlinks into /usr and are recreated as such.
+SYSTEM_DIRS: tuple[str, ...] = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+# The only host /etc entries a sandbox sees: dynamic linker cache, TLS trust store, time zone.
+ETC_ENTRIES: tuple[str, ...] = (
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/ssl/certs",
+    "/etc/ca-certificates.conf",
+    "/etc/localtime",
+    "/etc/timezone",
+    "/etc/alternatives",
+)
+
+SANDBOX_WORKDIR = "/workspace"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One filesystem entry of the sandbox: ``kind`` is ro-bind, bind, symlink or dir."""
+
+    kind: str
+    source: str
+    dest: str
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything that decides the sandbox's shape."""
+
+    command: Sequence[str]
+    workspace: str
+    bwrap_path: str = "bwrap"
+    system_mounts: Sequence[Mount] = ()
+    extra_mounts: Sequence[Mount] = ()
+    env: Sequence[tuple[str, str]] = ()
+    tmpfs_size_bytes: int = 256 * 1024 * 1024
+    network: bool = False
+    disable_userns: bool = True
+    seccomp_fd: int | None = None
+    info_fd: int | None = None
+    hostname: str = "sandbox"
+    workdir: str = SANDBOX_WORKDIR
+    extra_env_clear: bool = True
+    data_files: Sequence[tuple[int, str]] = field(default_factory=tuple)
+
+    def inherited_fds(self) -> list[int]:
+        """Descriptors bwrap must inherit from its parent for this spec."""
+        fds = [fd for fd, _ in self.data_files]
+        fds += [fd for fd in (self.info_fd, self.seccomp_fd) if fd is not None]
+        return fds
+
+
+def build_bwrap_argv(spec: SandboxSpec) -> list[str]:
+    """Return the full argv (bwrap and the sandboxed command) for ``spec``."""
+    argv: list[str] = [spec.bwrap_path]
+    argv += ["--unshare-all", "--unshare-user"]
+    if spec.network:
+        argv.append("--share-net")
+    argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    if spec.disable_userns:
+        argv.append("--disable-userns")
+    argv += ["--hostname", spec.hostname]
+    if spec.info_fd is not None:
+        argv += ["--info-fd", str(spec.info_fd)]
+    if spec.seccomp_fd is not None:
+        argv += ["--seccomp", str(spec.seccomp_fd)]
+    for mount in (*spec.system_mounts, *spec.extra_mounts):
+        argv += _mount_args(mount)
+    for fd, dest in spec.data_files:
+        argv += ["--ro-bind-data", str(fd), dest]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    argv += ["--size", str(spec.tmpfs_size_bytes), "--tmpfs", "/tmp"]
+    argv += ["--bind", spec.workspace, SANDBOX_WORKDIR]
+    # The root is a bwrap-made tmpfs: make it read-only so only /tmp and /workspace take
+    # writes (both bounded), never an unbounded in-memory root.
+    argv += ["--remount-ro", "/"]
+    argv += ["--chdir", spec.workdir]
+    if spec.extra_env_clear:
+        argv.append("--clearenv")
+    for name, value in spec.env:
+        argv += ["--setenv", name, value]
+    argv.append("--")
+    argv += list(spec.command)
+    return argv
+
+
+def _mount_args(mount: Mount) -> list[str]:
+    if mount.kind == "ro-bind":
+        return ["--ro-bind", mount.source, mount.dest]
+    if mount.kind == "ro-bind-try":
+        return ["--ro-bind-try", mount.source, mount.dest]
+    if mount.kind == "bind":
+        return ["--bind", mount.source, mount.dest]
+    if mount.kind == "symlink":
+        return ["--symlink", mount.source, mount.dest]
+    if mount.kind == "dir":
+        return ["--dir", mount.dest]
+    raise ValueError(f"unknown mount kind {mount.kind!r}")
+
+
+def host_system_mounts(etc_overlays: Sequence[Mount] = ()) -> list[Mount]:
+    """Inspect the host once: read-only system directories, the few /etc files, overlays.
+
+    ``etc_overlays`` replace host files (a synthetic /etc/passwd naming only the sandbox
+    user, so the host's accounts stay invisible).
+    """
+    mounts: list[Mount] = []
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):
+            mounts.append(Mount("symlink", os.readlink(path), path))
+        elif os.path.isdir(path):
+            mounts.append(Mount("ro-bind", path, path))
+    for path in ETC_ENTRIES:
+        if os.path.lexists(path):
+            # ro-bind follows a symlinked source (e.g. /etc/localtime -> zoneinfo), which is
+            # what we want: the sandbox gets the file, not a dangling link.
+            if os.path.exists(path):
+                mounts.append(Mount("ro-bind", path, path))
+    mounts.extend(etc_overlays)
+    return mounts
+
+
+def bwrap_supports(bwrap_help: str, option: str) -> bool:
+    """Whether the installed bwrap lists ``option`` in its --help text."""
+    return option in bwrap_help
