@@ -1,0 +1,323 @@
+"""FastAPI routes: the inbound contract of CONTRACT.md section 1, plus standalone niceties."""
+
+from __future__ import annotations
+
+import hmac
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import structlog
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import __version__, metrics
+from .errors import ApiError, validation_error
+from .models import EXECUTION_ID_RE, ExecuteRequest, ExecutionResult
+from .service import ExecutionService
+
+log = structlog.get_logger(__name__)
+
+
+# ---------------------------------------------------------------------- schemas
+class ErrorBody(BaseModel):
+    error_code: str
+    description: str
+    error_detail: Any = None
+    solution: str = ""
+    request_id: str
+
+
+class ExecuteAccepted(BaseModel):
+    """Answer to an accepted execution (the control plane needs execution_id and status)."""
+
+    execution_id: str
+    status: str = Field(description="queued, running, or the final status of a replayed id")
+    message: str
+
+
+class ExecutionWithId(ExecutionResult):
+    """A final result together with its execution id."""
+
+    execution_id: str
+
+
+class ExecutionPending(BaseModel):
+    execution_id: str
+    status: Literal["queued", "running"]
+
+
+class Health(BaseModel):
+    status: Literal["healthy"]
+    version: str
+    uptime_seconds: float
+    active_executions: int
+    queued_executions: int
+    isolation: Literal["bwrap", "none"]
+    warm_sandboxes: int = 0
+    warm_pool_memory_bytes: int = 0
+
+
+class Unhealthy(BaseModel):
+    status: Literal["unhealthy"]
+    reason: str
+
+
+_ERRORS = {
+    400: {"model": ErrorBody, "description": "Invalid request"},
+    401: {"model": ErrorBody, "description": "Missing or wrong bearer token (EXECUTOR_API_TOKEN)"},
+    500: {"model": ErrorBody, "description": "Internal error"},
+}
+
+
+# ---------------------------------------------------------------------- middleware
+class BodyLimitMiddleware:
+    """Refuses bodies over ``limit`` bytes before anything parses them (400).
+
+    It also reads every POST body as JSON whatever its Content-Type (every route takes
+    JSON), so a `curl -d` without a header is not misread as a form.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope.get("method") == "POST":
+            headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > self.limit
+            except ValueError:
+                too_big = True
+            if too_big:
+                await self._refuse(scope, receive, send)
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        metrics.REJECTED.labels("body_too_large").inc()
+        error = validation_error(
+            f"The request body exceeds {self.limit} bytes.",
+            solution="Send at most 1 MiB of code and keep the whole body under the limit.",
+        )
+        response = JSONResponse(error.body(_request_id(scope)), status_code=400)
+        await response(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _request_id(scope: Scope) -> str:
+    state = scope.setdefault("state", {})
+    rid = state.get("request_id")
+    if rid is None:
+        header = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        rid = header if header and len(header) <= 128 and header.isprintable() else uuid.uuid4().hex
+        state["request_id"] = rid
+    return str(rid)
+
+
+def _error_response(request: Request, error: ApiError) -> JSONResponse:
+    return JSONResponse(
+        error.body(_request_id(request.scope)), status_code=error.status_code, headers=error.headers
+    )
+
+
+# ---------------------------------------------------------------------- app
+def create_app(service: ExecutionService) -> FastAPI:
+    """The ASGI app around ``service``."""
+    settings = service.settings
+    app = FastAPI(
+        title="sandbox-executor",
+        version=__version__,
+        description="Runs untrusted code in Bubblewrap sandboxes; results by callback or ?wait=true.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.service = service
+
+    @app.middleware("http")
+    async def context_and_auth(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        rid = _request_id(request.scope)
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        try:
+            token = settings.executor_api_token
+            if token and request.url.path != "/health":
+                supplied = request.headers.get("authorization", "")
+                expected = f"Bearer {token}"
+                if not hmac.compare_digest(supplied.encode(), expected.encode()):
+                    metrics.REJECTED.labels("unauthorized").inc()
+                    error = ApiError(
+                        401, "Executor.Unauthorized", "Missing or invalid bearer token.",
+                        solution="Send Authorization: Bearer <EXECUTOR_API_TOKEN>.",
+                        headers={"WWW-Authenticate": "Bearer"},
+                    )
+                    return _error_response(request, error)
+            try:
+                response = await call_next(request)
+            except Exception:
+                log.exception("request_failed", path=request.url.path)
+                error = ApiError(500, "Executor.InternalError", "Internal error.", solution="Retry; report the request_id if it persists.")
+                return _error_response(request, error)
+            response.headers["X-Request-ID"] = rid
+            return response
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.REJECTED.labels("invalid").inc()
+        errors = exc.errors()
+        detail = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in errors[:20]
+        ]
+        first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
+        where = ".".join(p for p in first["loc"] if p != "body") or "body"
+        if first.get("type") == "json_invalid":
+            description = "The request body is not valid JSON."
+        else:
+            description = f"Invalid request: {where}: {first['msg']}"
+        return _error_response(request, validation_error(description[:1000], detail))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "Executor.NotFound", 405: "Executor.MethodNotAllowed"}.get(exc.status_code, "Executor.HTTPError")
+        return _error_response(request, ApiError(exc.status_code, code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal_error", error_type=type(exc).__name__, exc_info=exc)
+        return _error_response(request, ApiError(500, "Executor.InternalError", "Internal error."))
+
+    @app.post(
+        "/execute",
+        response_model=ExecuteAccepted | ExecutionWithId,
+        responses={
+            **_ERRORS,
+            409: {"model": ErrorBody, "description": "Same execution_id, different payload"},
+            503: {"model": ErrorBody, "description": "Queue full or shutting down (see Retry-After)"},
+        },
+        summary="Accept an execution (200 at once); ?wait=true answers with the result",
+    )
+    async def execute(
+        body: ExecuteRequest,
+        wait: bool = Query(default=False, description="Answer with the final result when the run ends"),
+    ) -> Any:
+        record, created = service.submit(body)
+        if wait:
+            await record.done.wait()
+            assert record.result is not None
+            return ExecutionWithId(execution_id=record.execution_id, **record.result.model_dump())
+        status = record.public_status()
+        message = "Execution accepted" if created else f"Execution already accepted ({status})"
+        return ExecuteAccepted(execution_id=record.execution_id, status=status, message=message)
+
+    @app.get(
+        "/executions/{execution_id}",
+        response_model=ExecutionPending | ExecutionWithId,
+        responses={**_ERRORS, 404: {"model": ErrorBody, "description": "Unknown or expired id"}},
+        summary="State of an execution: queued, running, or its final result",
+    )
+    async def get_execution(execution_id: str) -> Any:
+        if not EXECUTION_ID_RE.match(execution_id):
+            raise validation_error("execution_id must match [A-Za-z0-9_-]{1,128}")
+        record = service.get(execution_id)
+        if record is None:
+            raise ApiError(
+                404, "Executor.NotFound", f"No execution {execution_id} (unknown or expired).",
+                solution=f"Executions are kept for {settings.executions_retention_seconds} s "
+                f"and at most {settings.executions_retention_count}.",
+            )
+        return record.view()
+
+    @app.get(
+        "/health",
+        response_model=Health,
+        responses={503: {"model": Unhealthy, "description": "Sandboxes cannot run here now"}},
+        summary="Liveness/readiness",
+    )
+    async def health() -> Any:
+        problem = service.health_problem()
+        if problem is not None:
+            return JSONResponse({"status": "unhealthy", "reason": problem}, status_code=503)
+        pool_stats = service.pool.stats() if service.pool is not None else {}
+        return Health(
+            status="healthy",
+            version=__version__,
+            uptime_seconds=round(time.monotonic() - service.started_at, 3),
+            active_executions=service.active,
+            queued_executions=service.queued,
+            isolation=settings.isolation,
+            warm_sandboxes=int(pool_stats.get("warm_sandboxes", 0)),
+            warm_pool_memory_bytes=int(pool_stats.get("memory_bytes", 0)),
+        )
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
+        summary="Prometheus metrics",
+    )
+    async def prometheus_metrics() -> Response:
+        if service.pool is not None and hasattr(service.pool, "update_metrics"):
+            service.pool.update_metrics()
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    _add_dependency_route(app, service)
+    return app
+
+
+def _add_dependency_route(app: FastAPI, service: ExecutionService) -> None:
+    try:
+        from .dependencies import SyncRequest
+    except ImportError:  # pragma: no cover - only while the module is being written
+        return
+
+    @app.post(
+        "/internal/session-config/sync",
+        responses={
+            **_ERRORS,
+            422: {"model": ErrorBody, "description": "The install failed; previous set kept"},
+            503: {"model": ErrorBody, "description": "Another sync is running"},
+        },
+        summary="Install the session's Python dependencies",
+    )
+    async def sync_dependencies(body: SyncRequest) -> Any:
+        if service.dependencies is None:
+            raise ApiError(503, "Executor.Unavailable", "Dependency management is not configured.")
+        return await service.dependencies.sync(body)
+

@@ -1,0 +1,270 @@
+"""The execution queue and lifecycle around the engine: accept, queue, run, record, report.
+
+Accepted executions are never dropped: they run, or at shutdown they are recorded (and
+reported) as ``crashed`` with termination_reason ``shutdown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import stat
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import structlog
+
+from . import metrics
+from .config import Settings
+from .engine import Engine
+from .errors import ApiError
+from .models import ExecuteRequest, ExecutionResult, Status, TerminationReason
+from .runner import crashed_result
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+log = structlog.get_logger(__name__)
+
+State = Literal["queued", "running", "completed"]
+
+
+class Reporter(Protocol):
+    """What the service needs from the control-plane reporter (control_plane.py)."""
+
+    async def submit_result(self, execution_id: str, session_id: str | None, result: ExecutionResult) -> None: ...
+
+    def heartbeat(self, execution_id: str) -> AbstractAsyncContextManager[None]: ...
+
+
+@dataclass
+class ExecutionRecord:
+    """One accepted execution and, once it ends, its result."""
+
+    request: ExecuteRequest
+    fingerprint: str
+    accepted_at: float = field(default_factory=time.monotonic)
+    state: State = "queued"
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: ExecutionResult | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def execution_id(self) -> str:
+        return self.request.execution_id
+
+    def public_status(self) -> str:
+        if self.result is not None:
+            return str(self.result.status)
+        return self.state
+
+    def view(self) -> dict[str, Any]:
+        """Body of GET /executions/{id}: the state, or the final result."""
+        if self.result is None:
+            return {"execution_id": self.execution_id, "status": self.state}
+        return {"execution_id": self.execution_id, **self.result.model_dump(mode="json")}
+
+
+class ExecutionService:
+    """Bounded queue + worker slots + bounded history of executions."""
+
+    def __init__(self, settings: Settings, engine: Engine, reporter: Reporter | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.reporter = reporter
+        self.records: OrderedDict[str, ExecutionRecord] = OrderedDict()
+        self._queue: asyncio.Queue[ExecutionRecord] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+        self.shutting_down = False
+        self.started_at = time.monotonic()
+        self.pool: Any = None  # the warm pool (pool.py), when enabled
+        self.dependencies: Any = None  # DependencyManager (dependencies.py)
+        self._finishing: set[asyncio.Future[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        for n in range(self.settings.max_concurrent_executions):
+            self._workers.append(asyncio.create_task(self._worker(), name=f"execution-worker-{n}"))
+
+    async def abort_all(self, reason: TerminationReason = TerminationReason.SHUTDOWN) -> list[ExecutionRecord]:
+        """Stop accepting, kill running sandboxes, and record every unfinished execution.
+
+        Returns the records whose (crashed) results were produced here.
+        """
+        self.shutting_down = True
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()
+        # Results recorded just before the cancel must still reach the outbox.
+        await asyncio.gather(*self._finishing, return_exceptions=True)
+        aborted: list[ExecutionRecord] = []
+        for record in list(self.records.values()):
+            if record.result is None:
+                elapsed = time.monotonic() - record.started_at if record.started_at else 0.0
+                message = "Execution aborted: the executor is shutting down"
+                await self._finish(record, crashed_result(message, reason, elapsed))
+                aborted.append(record)
+        return aborted
+
+    # ------------------------------------------------------------------ accept
+    def submit(self, request: ExecuteRequest) -> tuple[ExecutionRecord, bool]:
+        """Accept ``request`` (or find its earlier acceptance). Returns (record, created)."""
+        if self.shutting_down:
+            metrics.REJECTED.labels("shutting_down").inc()
+            raise ApiError(
+                503, "Executor.ShuttingDown", "The executor is shutting down.",
+                solution="Retry on another executor.", headers={"Retry-After": "5"},
+            )
+        fingerprint = request.fingerprint()
+        existing = self.records.get(request.execution_id)
+        if existing is not None:
+            if existing.fingerprint == fingerprint:
+                return existing, False
+            metrics.REJECTED.labels("conflict").inc()
+            raise ApiError(
+                409, "Executor.Conflict",
+                f"Execution {request.execution_id} already exists with a different payload.",
+                solution="Use a new execution_id for a different request.",
+            )
+        if self._queue.qsize() >= self.settings.max_queued_executions:
+            metrics.REJECTED.labels("queue_full").inc()
+            raise ApiError(
+                503, "Executor.QueueFull",
+                f"The queue is full ({self.settings.max_queued_executions} waiting).",
+                solution="Retry after the delay in Retry-After.", headers={"Retry-After": "1"},
+            )
+        record = ExecutionRecord(request=request, fingerprint=fingerprint)
+        self._prune()
+        self.records[request.execution_id] = record
+        self._queue.put_nowait(record)
+        metrics.QUEUE_DEPTH.set(self._queue.qsize())
+        log.info(
+            "execution_accepted", execution_id=request.execution_id, session_id=request.session_id,
+            language=request.language, code_bytes=len(request.code),
+        )
+        return record, True
+
+    def _prune(self) -> None:
+        # Finished executions are kept for a bounded time and count; unfinished never pruned.
+        now = time.monotonic()
+        horizon = self.settings.executions_retention_seconds
+        limit = self.settings.executions_retention_count
+        for key, record in list(self.records.items()):
+            too_many = len(self.records) >= limit
+            expired = record.finished_at is not None and now - record.finished_at > horizon
+            if record.result is not None and (too_many or expired):
+                del self.records[key]
+            elif not too_many:
+                break
+
+    def get(self, execution_id: str) -> ExecutionRecord | None:
+        return self.records.get(execution_id)
+
+    # ------------------------------------------------------------------ run
+    async def _worker(self) -> None:
+        while True:
+            record = await self._queue.get()
+            metrics.QUEUE_DEPTH.set(self._queue.qsize())
+            if record.result is not None:
+                continue
+            await self._run(record)
+
+    async def _run(self, record: ExecutionRecord) -> None:
+        request = record.request
+        record.state = "running"
+        record.started_at = time.monotonic()
+        metrics.QUEUE_WAIT.observe(record.started_at - record.accepted_at)
+        metrics.ACTIVE.inc()
+        bound = structlog.contextvars.bound_contextvars(
+            execution_id=request.execution_id, session_id=request.session_id
+        )
+        try:
+            with bound:
+                log.info("execution_started", language=request.language)
+                heartbeat = (
+                    self.reporter.heartbeat(request.execution_id)
+                    if self.reporter is not None else contextlib.nullcontext()
+                )
+                async with heartbeat:
+                    result = await self.engine.execute(request)
+                await self._finish_shielded(record, result)
+        except asyncio.CancelledError:
+            # Shutdown: abort_all() records the crashed result after the workers stop.
+            raise
+        except Exception as exc:
+            log.exception("execution_internal_error")
+            message = f"internal executor error: {type(exc).__name__}"
+            await self._finish_shielded(record, crashed_result(message, TerminationReason.SANDBOX_ERROR))
+        finally:
+            metrics.ACTIVE.dec()
+
+    async def _finish_shielded(self, record: ExecutionRecord, result: ExecutionResult) -> None:
+        # A shutdown cancel must not interrupt the durable commit of a finished result.
+        future = asyncio.ensure_future(self._finish(record, result))
+        self._finishing.add(future)
+        future.add_done_callback(self._finishing.discard)
+        await asyncio.shield(future)
+
+    async def _finish(self, record: ExecutionRecord, result: ExecutionResult) -> None:
+        if record.result is not None:
+            return
+        record.result = result
+        record.state = "completed"
+        record.finished_at = time.monotonic()
+        request = record.request
+        metrics.EXECUTIONS.labels(request.language, str(result.status)).inc()
+        metrics.EXECUTION_DURATION.labels(request.language).observe(result.execution_time)
+        log.info(
+            "execution_finished", execution_id=request.execution_id, session_id=request.session_id,
+            status=str(result.status), termination_reason=str(result.termination_reason),
+            exit_code=result.exit_code, duration_ms=result.metrics.duration_ms if result.metrics else None,
+            stdout_bytes=len(result.stdout), stderr_bytes=len(result.stderr),
+        )
+        if result.status == Status.CRASHED and result.termination_reason == TerminationReason.SANDBOX_ERROR:
+            self.engine.last_start_error = result.error or "sandbox error"
+        elif self.engine.last_start_error is not None:
+            self.engine.last_start_error = None
+        try:
+            if self.reporter is not None:
+                await self.reporter.submit_result(request.execution_id, request.session_id, result)
+        finally:
+            record.done.set()
+
+    # ------------------------------------------------------------------ health
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def active(self) -> int:
+        return sum(1 for r in self.records.values() if r.state == "running")
+
+    def health_problem(self) -> str | None:
+        """A reason the daemon cannot serve executions, from cheap checks only."""
+        if not self.settings.disable_bwrap and shutil.which(self.settings.bwrap_path) is None:
+            return "bwrap is no longer installed"
+        workspace = self.settings.workspace_dir
+        try:
+            st = os.stat(workspace)
+        except OSError as exc:
+            return f"workspace {workspace} is unavailable: {exc.strerror}"
+        if not stat.S_ISDIR(st.st_mode):
+            return f"workspace {workspace} is not a directory"
+        uid, gid = self.settings.sandbox_ids()
+        writable = (
+            (st.st_uid == uid and st.st_mode & stat.S_IWUSR)
+            or (st.st_gid == gid and st.st_mode & stat.S_IWGRP)
+            or st.st_mode & stat.S_IWOTH
+        )
+        if not writable:
+            return f"workspace {workspace} is not writable by the sandbox user (uid {uid})"
+        if self.engine.last_start_error is not None:
+            return f"sandboxes cannot start: {self.engine.last_start_error[:300]}"
+        return None
