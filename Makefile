@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 export UV_PYTHON_DOWNLOADS := never
+# Debian's interpreter: readable by every user (the daemon may run unprivileged), and the
+# same one the container image uses.
+export UV_PYTHON := /usr/bin/python3
 PYTEST_ARGS ?=
 
 .PHONY: setup serve test test-nopool lint typecheck bench clean image image-test
