@@ -1,0 +1,1 @@
+"""Compatibility namespace; see :mod:`executor.interfaces.http.rest`."""
