@@ -1,0 +1,66 @@
+"""Shared fixtures of the security suite.
+
+Two ways in: ``run_engine`` drives the real engine (real bwrap, real interpreters) for the
+seccomp tests; the HTTP fixtures (added with the service) drive a real daemon process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox_executor.config import Settings
+from sandbox_executor.engine import Engine
+from sandbox_executor.models import ExecuteRequest, ExecutionResult, Language
+
+EngineRun = Callable[..., Awaitable[ExecutionResult]]
+
+
+def make_private_dir(prefix: str, owner: tuple[int, int] | None = None) -> Path:
+    """A fresh directory under /tmp (not pytest's 0700 tree, which the sandbox user cannot
+    traverse), owned by ``owner`` when given."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(path, 0o755)
+    if owner is not None and os.geteuid() == 0:
+        os.chown(path, *owner)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine_workspace() -> Iterator[Path]:
+    settings = Settings()
+    path = make_private_dir("sec-ws-", settings.sandbox_ids())
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def run_engine(engine_workspace: Path) -> EngineRun:
+    """Run code through a real Engine: ``await run_engine(code, "python", seccomp=False)``."""
+
+    async def run(
+        code: str,
+        language: Language = "python",
+        *,
+        seccomp: bool = True,
+        timeout: int = 10,
+        event: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        settings = Settings(
+            workspace_path=str(engine_workspace),
+            seccomp_enabled=seccomp,
+            warm_pool_size=0,
+        )
+        engine = Engine(settings)
+        request = ExecuteRequest(
+            execution_id="sec-probe", code=code, language=language, timeout=timeout, event=event
+        )
+        return await engine.execute(request)
+
+    return run
