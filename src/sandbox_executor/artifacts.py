@@ -139,16 +139,20 @@ def _inspect(root: str, rel: str, budget: int) -> tuple[int, str | None, bytes] 
             os.close(fd)
 
 
+# puremagic also returns weak guesses (two bytes matching "Windows INI", a zip called a
+# .docx); below this confidence the extension and the text heuristic are better evidence.
+_MAGIC_MIN_CONFIDENCE = 0.5
+
+
 def guess_mime(path: str, head: bytes) -> str:
     """MIME type from content (puremagic), then the extension, then a text heuristic."""
     try:
         import puremagic
 
         if head:
-            matches = puremagic.magic_string(head, filename=path)
-            if matches:
-                mime = str(matches[0].mime_type or "")
-                if mime:
+            for match in puremagic.magic_string(head, filename=path):
+                mime = str(match.mime_type or "")
+                if mime and float(getattr(match, "confidence", 0.0)) >= _MAGIC_MIN_CONFIDENCE:
                     return mime
     except Exception:  # noqa: BLE001 - detection is best effort, never a failure
         pass

@@ -80,6 +80,13 @@ class ExecuteRequest(BaseModel):
                 raise ValueError(f"environment variable {name} is reserved by the executor")
             if "\x00" in val:
                 raise ValueError(f"environment variable {name} contains a NUL character")
+            try:
+                val.encode("utf-8")
+            except UnicodeEncodeError:
+                # A lone surrogate (valid as a JSON escape) cannot be put in an environment.
+                raise ValueError(
+                    f"environment variable {name} contains a lone surrogate (not valid Unicode)"
+                ) from None
             total += len(name) + len(val.encode("utf-8", "surrogatepass")) + 2
         if total > MAX_ENV_BYTES:
             raise ValueError(f"environment variables total {total} bytes; the limit is {MAX_ENV_BYTES}")

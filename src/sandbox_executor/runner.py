@@ -26,6 +26,7 @@ from .capture import BoundedCapture, capture_fd
 from .config import MIB, Settings
 from .models import ExecuteRequest, ExecutionResult, Language, Metrics, Status, TerminationReason
 from .runtimes import (
+    STARTED_MARKER,
     LaunchJob,
     base_environment,
     interpreter_command,
@@ -45,6 +46,7 @@ _MEMORY_MARKERS = (
     "Cannot allocate memory",
     "MemoryError",
 )
+_MEMORY_MARKER_WINDOW = 8192
 TIMEOUT_MESSAGE = "Execution timeout after {seconds} seconds"
 _KILL_GRACE_SECONDS = 0.5
 
@@ -327,8 +329,11 @@ class Sandbox:
         assert self._stdout is not None and self._stderr is not None and self._result is not None
         stdout = self._stdout.data().decode("utf-8", "replace")
         stderr = self._stderr.data().decode("utf-8", "replace")
-        outcome = _parse_outcome(self._result) if uses_result_channel(self.language) else None
-        started_inner = self._inner_pid() is not None or self.settings.disable_bwrap
+        raw_result = self._result.data()
+        started_inner = raw_result.startswith(STARTED_MARKER)
+        outcome = None
+        if started_inner and uses_result_channel(self.language) and not self._result.truncated:
+            outcome = _parse_outcome(raw_result[len(STARTED_MARKER) :])
         return_value: Any = None
         error: str | None = None
         exit_code = returncode
@@ -338,8 +343,14 @@ class Sandbox:
             stderr = f"{stderr}\n{suffix}" if stderr and not stderr.endswith("\n") else stderr + suffix
             error = suffix
         elif not started_inner:
+            # The interpreter never ran: bwrap itself failed (workspace missing, namespaces
+            # refused, interpreter absent). Not the user's failure: `crashed`.
             status, reason, exit_code = Status.CRASHED, TerminationReason.SANDBOX_ERROR, -1
-            error = "the sandbox could not be created: " + stderr.strip()[-500:]
+            error = "the sandbox could not be created: " + (stderr.strip()[-500:] or f"exit {returncode}")
+        elif self._result.truncated:
+            status, reason = Status.FAILED, TerminationReason.EXITED
+            error = "the result channel exceeded its cap (the return value is too large)"
+            exit_code = exit_code or 1
         elif outcome is not None and outcome.get("ok") is True and returncode == 0:
             status, reason = Status.SUCCESS, TerminationReason.EXITED
             return_value = outcome.get("return_value")
@@ -357,12 +368,11 @@ class Sandbox:
             reason = TerminationReason.EXITED
             if returncode < 0 or returncode > 128:
                 reason = TerminationReason.SIGNALED
-            if any(marker in stderr for marker in _MEMORY_MARKERS):
+            # Only the end of stderr: the interpreter's dying words, not anything printed
+            # along the way.
+            tail = stderr[-_MEMORY_MARKER_WINDOW:]
+            if any(marker in tail for marker in _MEMORY_MARKERS):
                 reason = TerminationReason.MEMORY_LIMIT
-        if self._result.truncated and status == Status.SUCCESS:
-            status, reason = Status.FAILED, TerminationReason.EXITED
-            error = "the return value exceeded the result channel's cap"
-            return_value = None
         metrics = Metrics(duration_ms=round(elapsed * 1000, 3))
         if rusage is not None:
             metrics.cpu_time_ms = round((rusage.ru_utime + rusage.ru_stime) * 1000, 3)
@@ -387,9 +397,8 @@ class Sandbox:
         )
 
 
-def _parse_outcome(capture: BoundedCapture) -> dict[str, Any] | None:
-    raw = capture.data()
-    if not raw or capture.truncated:
+def _parse_outcome(raw: bytes) -> dict[str, Any] | None:
+    if not raw:
         return None
     try:
         doc = json.loads(raw)

@@ -18,6 +18,10 @@ from .models import Language
 
 SANDBOX_VENV_MOUNT = "/opt/sandbox-venv"
 SHELL_EVENT_FILE = "/tmp/event.json"
+# First byte every bootstrap writes on the result fd, before it reads its launch message:
+# proof that bwrap set the sandbox up and the interpreter runs. Without it, a non-zero exit
+# is bwrap's own failure (a missing workspace, no namespaces), never the user's code.
+STARTED_MARKER = b"R"
 PYTHON_EXTRA_PATHS = ("/usr/lib/python3/dist-packages",)
 
 
@@ -29,7 +33,10 @@ PYTHON_BOOTSTRAP = _bootstrap("python_bootstrap.py")
 NODE_BOOTSTRAP = _bootstrap("node_bootstrap.js")
 # Reads the launch script from fd 3 (exports + event file + user code) and runs it as the
 # script itself, so `exit`, `$LINENO` and errors behave as in a plain bash script.
-SHELL_BOOTSTRAP = 'eval "exec $2>&-"; exec bash --noprofile --norc "/dev/fd/$1"'
+SHELL_BOOTSTRAP = (
+    f'printf {STARTED_MARKER.decode()} >&"$2"; eval "exec $2>&-"; '
+    'exec bash --noprofile --norc "/dev/fd/$1"'
+)
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,9 @@ def launch_message(job: LaunchJob) -> bytes:
     else:
         doc["filename"] = "handler.js"
         doc["node_paths"] = [f"{SANDBOX_VENV_MOUNT}/node_modules"]
-    return json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    # ASCII escapes: a lone surrogate (legal as a JSON escape in a request) travels intact
+    # instead of becoming bytes that are not UTF-8 and break the bootstrap's decoder.
+    return json.dumps(doc, ensure_ascii=True).encode("ascii")
 
 
 def _shell_script(job: LaunchJob) -> str:

@@ -58,6 +58,10 @@ class SandboxSpec:
     workdir: str = SANDBOX_WORKDIR
     extra_env_clear: bool = True
     data_files: Sequence[tuple[int, str]] = field(default_factory=tuple)
+    # The command itself is the PID namespace's init (no bwrap reaper in between): bwrap
+    # then waitpid()s it, so wait4() on bwrap carries the rusage of the whole tree, and
+    # bwrap exits only after the kernel has reaped every process of the namespace.
+    as_pid_1: bool = True
 
     def inherited_fds(self) -> list[int]:
         """Descriptors bwrap must inherit from its parent for this spec."""
@@ -75,6 +79,8 @@ def build_bwrap_argv(spec: SandboxSpec) -> list[str]:
     argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     if spec.disable_userns:
         argv.append("--disable-userns")
+    if spec.as_pid_1:
+        argv.append("--as-pid-1")
     argv += ["--hostname", spec.hostname]
     if spec.info_fd is not None:
         argv += ["--info-fd", str(spec.info_fd)]

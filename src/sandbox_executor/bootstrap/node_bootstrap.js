@@ -1,6 +1,7 @@
-// Runs inside the sandbox, passed to `node -e`. Protocol: one JSON message on the input fd
-// (argv[1]: code, event, env, limits); the outcome as one JSON document on the result fd
-// (argv[2]). stdout is never parsed.
+// Runs inside the sandbox, passed to `node -e`. Protocol: the byte "R" on the result fd
+// (argv[2]) as soon as node runs; then one JSON message on the input fd (argv[1]: code,
+// event, env, limits); the outcome as one JSON document on the result fd. stdout is never
+// parsed.
 'use strict';
 (function sandboxMain() {
   const fs = require('fs');
@@ -8,6 +9,7 @@
   const path = require('path');
   const inputFd = Number(process.argv[1]);
   const resultFd = Number(process.argv[2]);
+  fs.writeSync(resultFd, 'R');  // runtimes.STARTED_MARKER: the sandbox is up
   const chunks = [];
   const buf = Buffer.allocUnsafe(1 << 20);
   for (;;) {

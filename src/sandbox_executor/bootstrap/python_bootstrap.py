@@ -1,8 +1,9 @@
 # Runs inside the sandbox, passed to `python3 -I -S -u -B -c`. Kept import-light: every
-# millisecond here is start-up latency. Protocol: one JSON message on fd 3 (code, event,
-# env, limits) on the input fd (argv[1]), the outcome as one JSON document on the result fd
-# (argv[2]), which is moved out of the way and made close-on-exec so child processes cannot
-# write to it; stdout is never parsed.
+# millisecond here is start-up latency. Protocol: the byte "R" on the result fd (argv[2])
+# as soon as the interpreter runs; then one JSON message on the input fd (argv[1]: code,
+# event, env, limits); the outcome as one JSON document on the result fd, which is moved
+# out of the way and made close-on-exec so child processes cannot write to it. stdout is
+# never parsed.
 import os
 import sys
 
@@ -11,6 +12,7 @@ def _sandbox_main():
     import json
 
     input_fd, output_fd = int(sys.argv[1]), int(sys.argv[2])
+    os.write(output_fd, b"R")  # runtimes.STARTED_MARKER: the sandbox is up
     chunks = []
     while True:
         chunk = os.read(input_fd, 1 << 20)
