@@ -1,0 +1,335 @@
+"""Session dependency syncs end to end: real pip in real bwrap, a local PEP 503 index on
+loopback, then real executions that import what was installed. No internet needed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox_executor.config import Settings
+from sandbox_executor.dependencies import DependencyManager, SyncRequest
+from sandbox_executor.engine import Engine
+from sandbox_executor.errors import ApiError
+from sandbox_executor.models import ExecuteRequest, ExecutionResult
+from tests.support.local_index import LocalIndex, sdist_bytes
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+
+SECRET = "s3cr3t-" + secrets.token_hex(8)
+PWNED = f"/tmp/pwned-{secrets.token_hex(6)}"
+
+
+def _evil_build_code(base: str) -> str:
+    # Runs inside pip's sandbox while the sdist is built: everything an attacker would try.
+    return f'''
+import glob
+secret = {SECRET!r}
+FINDINGS["ran"] = True
+FINDINGS["uid"] = os.getuid()
+FINDINGS["env_keys"] = sorted(os.environ)
+FINDINGS["secret_in_env"] = any(secret in v for v in os.environ.values())
+leaks = []
+for path in glob.glob("/proc/*/environ") + glob.glob("/proc/*/cmdline"):
+    try:
+        with open(path, "rb") as fh:
+            if secret.encode() in fh.read():
+                leaks.append(path)
+    except OSError:
+        pass
+FINDINGS["secret_in_proc"] = leaks
+attempts = {{}}
+for target in ({PWNED!r}, {base!r} + "/ws/pwned", {base!r} + "/open/pwned",
+               {base!r} + "/venv.d/pwned", {base!r} + "/results/pwned"):
+    try:
+        with open(target, "w") as fh:
+            fh.write("pwned")
+        attempts[target] = "written"
+    except OSError as exc:
+        attempts[target] = type(exc).__name__
+FINDINGS["writes"] = attempts
+try:
+    with open({base!r} + "/secret.txt") as fh:
+        FINDINGS["secret_file"] = fh.read()
+except OSError as exc:
+    FINDINGS["secret_file"] = type(exc).__name__
+'''
+
+
+@pytest.fixture(scope="module")
+def index() -> Iterator[LocalIndex]:
+    with LocalIndex() as idx:
+        idx.add_wheel("alpha", "1.0", {"alpha.py": "VALUE = 1\n"})
+        idx.add_wheel("alpha", "2.0", {"alpha.py": "VALUE = 2\n"})
+        idx.add_wheel(
+            "beta", "1.0", {"beta.py": "import alpha\nVALUE = alpha.VALUE + 40\n"}, ["alpha>=1.0"]
+        )
+        idx.add_wheel("gamma", "1.0", {"gamma.py": "VALUE = 'g'\n"})
+        yield idx
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    # Not pytest's tmp_path: it sits under a 0700 directory the sandbox uid cannot traverse.
+    path = Path(tempfile.mkdtemp(prefix="deps-it-"))
+    path.chmod(0o755)
+    (path / "ws").mkdir()
+    (path / "state").mkdir(mode=0o700)
+    # Readable and writable by the sandbox uid on the host: only the sandbox keeps them out.
+    (path / "secret.txt").write_text(SECRET)
+    (path / "secret.txt").chmod(0o644)
+    (path / "open").mkdir()
+    (path / "open").chmod(0o777)
+    (path / "results").mkdir()
+    if os.geteuid() == 0:
+        os.chown(path / "ws", 65534, 65534)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def settings(base: Path) -> Settings:
+    return Settings(
+        workspace_path=str(base / "ws"),
+        sandbox_venv_path=base / "venv",
+        results_dir=base / "results",
+        state_dir=base / "state",
+        dependency_install_timeout_seconds=60,
+    )
+
+
+@pytest.fixture
+def manager(settings: Settings) -> DependencyManager:
+    return DependencyManager(settings)
+
+
+def req(index: LocalIndex, deps: list[str], mode: str = "replace") -> SyncRequest:
+    return SyncRequest.model_validate(
+        {"session_id": "sess-1", "python_package_index_url": index.url,
+         "dependencies": deps, "sync_mode": mode}
+    )
+
+
+async def run_python(settings: Settings, code: str) -> ExecutionResult:
+    engine = Engine(settings)
+    return await engine.execute(
+        ExecuteRequest(execution_id="exec_" + secrets.token_hex(4), code=code, language="python")
+    )
+
+
+def versions(body: dict[str, Any]) -> dict[str, str]:
+    return {d["name"]: d["version"] for d in body["installed_dependencies"]}
+
+
+async def test_replace_installs_and_next_execution_imports(
+    manager: DependencyManager, settings: Settings, index: LocalIndex
+) -> None:
+    body = await manager.sync(req(index, ["beta"]))
+    assert body["status"] == "completed" and body["error"] is None
+    assert versions(body) == {"alpha": "2.0", "beta": "1.0"}
+    for dep in body["installed_dependencies"]:
+        assert dep["install_location"] == "/opt/sandbox-venv"
+        assert dep["is_from_template"] is False
+        assert datetime.fromisoformat(dep["install_time"]).tzinfo is not None
+    started, completed = body["started_at"], body["completed_at"]
+    assert datetime.fromisoformat(started) <= datetime.fromisoformat(completed)
+    assert manager.installed() == body["installed_dependencies"]
+    result = await run_python(settings, "import beta\ndef handler(event):\n    return beta.VALUE\n")
+    assert result.status == "success", result.stderr
+    assert result.return_value == 42
+    # The live tree is read-only for user code.
+    result = await run_python(
+        settings,
+        "def handler(event):\n    open('/opt/sandbox-venv/x', 'w')\n",
+    )
+    assert result.status == "failed" and "Read-only file system" in result.stderr
+
+
+async def test_merge_adds_and_a_new_spec_wins_and_replace_removes(
+    manager: DependencyManager, settings: Settings, index: LocalIndex
+) -> None:
+    await manager.sync(req(index, ["alpha==1.0"]))
+    body = await manager.sync(req(index, ["gamma"], "merge"))
+    assert versions(body) == {"alpha": "1.0", "gamma": "1.0"}
+    code = (
+        "import importlib.util\n"
+        "def handler(event):\n"
+        "    out = {}\n"
+        "    for name in ('alpha', 'gamma'):\n"
+        "        if importlib.util.find_spec(name):\n"
+        "            out[name] = __import__(name).VALUE\n"
+        "    return out\n"
+    )
+    result = await run_python(settings, code)
+    assert result.return_value == {"alpha": 1, "gamma": "g"}, result.stderr
+
+    body = await manager.sync(req(index, ["Alpha==2.0"], "merge"))
+    assert versions(body) == {"alpha": "2.0", "gamma": "1.0"}
+    result = await run_python(settings, code)
+    assert result.return_value == {"alpha": 2, "gamma": "g"}, result.stderr
+
+    body = await manager.sync(req(index, ["gamma"]))
+    assert versions(body) == {"gamma": "1.0"}
+    result = await run_python(settings, code)
+    assert result.return_value == {"gamma": "g"}, result.stderr
+
+    body = await manager.sync(req(index, []))
+    assert body["installed_dependencies"] == []
+    result = await run_python(settings, code)
+    assert result.return_value == {}, result.stderr
+
+
+async def test_missing_package_is_422_and_previous_set_stays(
+    manager: DependencyManager, settings: Settings, index: LocalIndex
+) -> None:
+    await manager.sync(req(index, ["alpha==1.0"]))
+    live = os.path.realpath(settings.sandbox_venv_path)
+    before = manager.installed()
+    with pytest.raises(ApiError) as info:
+        await manager.sync(req(index, ["alpha==1.0", "no-such-project"]))
+    err = info.value
+    assert err.status_code == 422
+    assert err.error_code == "Executor.DependencyInstallFailed"
+    assert "no-such-project" in err.error_detail
+    assert os.path.realpath(settings.sandbox_venv_path) == live
+    assert manager.installed() == before
+    # The failed tree is gone; only the live one (and its manifest) remain.
+    store_root = Path(str(settings.sandbox_venv_path) + ".d")
+    assert sorted(p.name for p in store_root.iterdir() if p.name.startswith("v")) == [
+        "v1", "v1.json"
+    ]
+    code = "import alpha\ndef handler(event):\n    return alpha.VALUE\n"
+    result = await run_python(settings, code)
+    assert result.return_value == 1, result.stderr
+    # A version that does not exist fails the same way.
+    with pytest.raises(ApiError) as info:
+        await manager.sync(req(index, ["alpha==9.9"]))
+    assert info.value.status_code == 422
+
+
+async def test_unchanged_resync_runs_no_pip(
+    manager: DependencyManager, settings: Settings, index: LocalIndex
+) -> None:
+    first = await manager.sync(req(index, ["gamma", "beta"]))
+    seen = index.request_count()
+    live = os.path.realpath(settings.sandbox_venv_path)
+    for again in (
+        req(index, ["beta", "gamma"]),            # order does not matter
+        req(index, ["Beta", " gamma"]),           # nor spelling of the name
+        req(index, [], "merge"),                  # merging nothing changes nothing
+        req(index, ["gamma"], "merge"),           # nor merging what is there
+    ):
+        body = await manager.sync(again)
+        assert body["installed_dependencies"] == first["installed_dependencies"]
+    assert index.request_count() == seen, "a no-op re-sync must not contact the index"
+    assert os.path.realpath(settings.sandbox_venv_path) == live
+    # A fresh manager (daemon restart) knows the live set from its manifest.
+    restarted = DependencyManager(settings)
+    assert restarted.installed() == first["installed_dependencies"]
+    await restarted.sync(req(index, ["gamma", "beta"]))
+    assert index.request_count() == seen
+
+
+async def test_second_sync_waits_or_gets_503_and_executions_keep_running(
+    manager: DependencyManager, settings: Settings, index: LocalIndex
+) -> None:
+    index.gate.clear()
+    try:
+        seen = index.request_count()
+        first = asyncio.create_task(manager.sync(req(index, ["alpha==1.0"])))
+        for _ in range(200):
+            if index.request_count() > seen:
+                break
+            await asyncio.sleep(0.02)
+        assert index.request_count() > seen, "pip never reached the index"
+        # An execution runs normally while pip is blocked on the index.
+        result = await run_python(settings, "def handler(event):\n    return 'still here'\n")
+        assert result.return_value == "still here"
+        # A second sync that cannot get the lock in time is told to come back.
+        manager.lock_wait_seconds = 0.3
+        with pytest.raises(ApiError) as info:
+            await manager.sync(req(index, ["gamma"]))
+        assert info.value.status_code == 503
+        assert info.value.error_code == "Executor.Busy"
+        assert int(info.value.headers["Retry-After"]) > 0
+        # One that may wait runs after the first, on top of its result.
+        manager.lock_wait_seconds = 30
+        second = asyncio.create_task(manager.sync(req(index, ["gamma"], "merge")))
+        await asyncio.sleep(0.2)
+        assert not second.done()
+    finally:
+        index.gate.set()
+    assert versions(await first) == {"alpha": "1.0"}
+    assert versions(await second) == {"alpha": "1.0", "gamma": "1.0"}
+
+
+async def test_install_timeout_is_422_and_leaves_nothing_running(
+    base: Path, index: LocalIndex
+) -> None:
+    settings = Settings(
+        workspace_path=str(base / "ws"), sandbox_venv_path=base / "venv",
+        results_dir=base / "results", dependency_install_timeout_seconds=1,
+    )
+    manager = DependencyManager(settings)
+    index.gate.clear()
+    try:
+        started = time.monotonic()
+        with pytest.raises(ApiError) as info:
+            await manager.sync(req(index, ["gamma"]))
+        elapsed = time.monotonic() - started
+    finally:
+        index.gate.set()
+    assert info.value.status_code == 422
+    assert "timed out" in info.value.description
+    assert elapsed < 10
+    marker = str(base / "venv.d").encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            assert marker not in (proc / "cmdline").read_bytes(), "pip sandbox survived"
+        except OSError:
+            continue
+    assert not (base / "venv").exists()
+
+
+async def test_sdist_build_cannot_see_daemon_secrets_or_write_outside(
+    manager: DependencyManager, settings: Settings, index: LocalIndex, base: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("INTERNAL_API_TOKEN", SECRET)
+    monkeypatch.setenv("SANDBOX_EXECUTOR_TEST_SECRET", SECRET)
+    name, data = sdist_bytes("evil-pkg", "1.0", "evil_probe", _evil_build_code(str(base)))
+    index.add(name, data)
+    try:
+        body = await manager.sync(req(index, ["evil-pkg"]))
+    finally:
+        index.files.pop(name, None)
+    assert versions(body) == {"evil-pkg": "1.0"}
+    result = await run_python(
+        settings, "import evil_probe\ndef handler(event):\n    return evil_probe.FINDINGS\n"
+    )
+    assert result.status == "success", result.stderr
+    findings = result.return_value
+    assert findings["ran"] is True  # the build code really ran, inside pip's sandbox
+    assert findings["secret_in_env"] is False
+    assert "INTERNAL_API_TOKEN" not in findings["env_keys"]
+    assert "SANDBOX_EXECUTOR_TEST_SECRET" not in findings["env_keys"]
+    assert findings["secret_in_proc"] == []
+    assert findings["secret_file"] in ("FileNotFoundError", "PermissionError")
+    if os.geteuid() == 0:
+        assert findings["uid"] == settings.sandbox_uid
+    # Whatever the build believed, nothing reached the host outside its target.
+    for host_path in (PWNED, base / "ws" / "pwned", base / "open" / "pwned",
+                      base / "venv.d" / "pwned", base / "results" / "pwned"):
+        assert not os.path.exists(host_path), f"the build wrote {host_path}"
+    for target, outcome in findings["writes"].items():
+        if target != PWNED:  # the sandbox's own /tmp is a private tmpfs
+            assert outcome != "written", target
