@@ -184,7 +184,8 @@ def normalize_requirement(entry: Any) -> tuple[str, str]:
             "Name the project and publish it on the package index.",
         )
     name = canonicalize_name(req.name)
-    if name.endswith(_ARCHIVE_SUFFIXES) or "/" in text or "\\" in text:
+    # pip reads "x.whl" as a file; the canonical name ("x-whl") would not be, but refuse it.
+    if req.name.lower().endswith(_ARCHIVE_SUFFIXES) or "/" in text or "\\" in text:
         raise validation_error("Local paths and archives are not accepted.", {"entry": shown})
     req.name = name
     return name, str(req)
