@@ -17,6 +17,7 @@ FROM docker.io/library/debian:bookworm-slim AS builder
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
+# The builder stage is thrown away, its apt lists with it.
 # hadolint ignore=DL3009
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
