@@ -24,6 +24,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -145,6 +146,8 @@ class _Handler(BaseHTTPRequestHandler):
             execution_id=execution_id,
         )
         fake._record(record)
+        if fake.on_request is not None:
+            fake.on_request(record)
         rule = fake._take_rule(kind)
         if rule is not None and rule.hang > 0:
             if fake._release.wait(rule.hang):
@@ -176,6 +179,8 @@ class FakeControlPlane:
         self.port = port
         self.prefix = prefix
         self.known_ids: set[str] | None = None  # set it to answer 404 for other ids
+        # Called in the server thread with each request before it is answered (probes).
+        self.on_request: Callable[[RecordedRequest], None] | None = None
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._requests: list[RecordedRequest] = []
