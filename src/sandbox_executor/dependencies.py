@@ -811,14 +811,19 @@ class DependencyManager:
         ):
             logger.info("dependency_sync_unchanged")
             return [dict(item) for item in current.installed]
-        await asyncio.to_thread(self._prepare_dirs)
-        new = await asyncio.to_thread(self.store.new_version)
+        try:
+            await asyncio.to_thread(self._prepare_dirs)
+            new = await asyncio.to_thread(self.store.new_version)
+        except OSError as exc:
+            raise _store_error(self.store, exc) from exc
         try:
             manifest = await self._install(new, wanted, index_url, logger)
             await asyncio.to_thread(self.store.write_manifest, new, manifest)
             await asyncio.to_thread(self.store.switch, new)
-        except BaseException:
+        except BaseException as exc:
             await asyncio.to_thread(remove_tree, new)
+            if isinstance(exc, OSError):
+                raise _store_error(self.store, exc) from exc
             raise
         self._current = manifest
         logger.info("dependency_sync_switched", version=new.name, installed=len(manifest.installed))
@@ -872,6 +877,15 @@ class DependencyManager:
         if ids is not None:
             for path in (scratch, scratch / "tmp", target):
                 os.chown(path, *ids)
+
+
+def _store_error(store: VenvStore, exc: OSError) -> ApiError:
+    log.error("dependency_store_error", path=str(store.root), error=str(exc))
+    return ApiError(
+        500, "Executor.InternalError", "The dependency directory cannot be written.",
+        f"{type(exc).__name__}: {exc.strerror or exc}",
+        f"Make the parent of SANDBOX_VENV_PATH ({store.link.parent}) writable by the daemon.",
+    )
 
 
 def _install_failed(outcome: PipOutcome, timeout: int) -> ApiError:

@@ -303,3 +303,20 @@ def test_unsandboxed_pip_still_gets_a_clean_environment(tmp_path: Path) -> None:
     assert set(env) <= {"PATH", "HOME", "TMPDIR", "LANG", "PYTHONDONTWRITEBYTECODE",
                         "SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE"}
     assert argv[argv.index("--target") + 1] == str(tmp_path / "v1")
+
+
+async def test_unwritable_venv_location_is_a_500_that_names_the_path(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    settings = Settings(sandbox_venv_path=tmp_path / "file" / "venv")
+    with pytest.raises(ApiError) as info:
+        await DependencyManager(settings).sync(SyncRequest(dependencies=[]))
+    assert info.value.status_code == 500
+    assert str(tmp_path / "file") in info.value.solution
+
+
+async def test_empty_replace_switches_to_an_empty_tree_without_pip(tmp_path: Path) -> None:
+    settings = Settings(sandbox_venv_path=tmp_path / "venv", bwrap_path="/nonexistent/bwrap")
+    manager = DependencyManager(settings)
+    body = await manager.sync(SyncRequest(dependencies=[]))
+    assert body["status"] == "completed" and body["installed_dependencies"] == []
+    assert (tmp_path / "venv").is_symlink() and list((tmp_path / "venv").iterdir()) == []
