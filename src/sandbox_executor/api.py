@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import structlog
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -69,7 +69,7 @@ class Unhealthy(BaseModel):
     reason: str
 
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Invalid request"},
     401: {"model": ErrorBody, "description": "Missing or wrong bearer token (EXECUTOR_API_TOKEN)"},
     500: {"model": ErrorBody, "description": "Internal error"},
@@ -164,7 +164,9 @@ def create_app(service: ExecutionService) -> FastAPI:
     app.state.service = service
 
     @app.middleware("http")
-    async def context_and_auth(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def context_and_auth(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         rid = _request_id(request.scope)
         structlog.contextvars.bind_contextvars(request_id=rid)
         try:
@@ -175,7 +177,9 @@ def create_app(service: ExecutionService) -> FastAPI:
                 if not hmac.compare_digest(supplied.encode(), expected.encode()):
                     metrics.REJECTED.labels("unauthorized").inc()
                     error = ApiError(
-                        401, "Executor.Unauthorized", "Missing or invalid bearer token.",
+                        401,
+                        "Executor.Unauthorized",
+                        "Missing or invalid bearer token.",
                         solution="Send Authorization: Bearer <EXECUTOR_API_TOKEN>.",
                         headers={"WWW-Authenticate": "Bearer"},
                     )
@@ -184,7 +188,12 @@ def create_app(service: ExecutionService) -> FastAPI:
                 response = await call_next(request)
             except Exception:
                 log.exception("request_failed", path=request.url.path)
-                error = ApiError(500, "Executor.InternalError", "Internal error.", solution="Retry; report the request_id if it persists.")
+                error = ApiError(
+                    500,
+                    "Executor.InternalError",
+                    "Internal error.",
+                    solution="Retry; report the request_id if it persists.",
+                )
                 return _error_response(request, error)
             response.headers["X-Request-ID"] = rid
             return response
@@ -202,7 +211,11 @@ def create_app(service: ExecutionService) -> FastAPI:
         metrics.REJECTED.labels("invalid").inc()
         errors = exc.errors()
         detail = [
-            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            {
+                "loc": [str(p) for p in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
             for e in errors[:20]
         ]
         first = detail[0] if detail else {"loc": [], "msg": "invalid request"}
@@ -215,8 +228,11 @@ def create_app(service: ExecutionService) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "Executor.NotFound", 405: "Executor.MethodNotAllowed"}.get(exc.status_code, "Executor.HTTPError")
-        return _error_response(request, ApiError(exc.status_code, code, str(exc.detail)))
+        code = {404: "Executor.NotFound", 405: "Executor.MethodNotAllowed"}.get(
+            exc.status_code, "Executor.HTTPError"
+        )
+        headers = dict(exc.headers or {})  # e.g. Allow on 405
+        return _error_response(request, ApiError(exc.status_code, code, str(exc.detail), headers=headers))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
@@ -252,13 +268,13 @@ def create_app(service: ExecutionService) -> FastAPI:
         responses={**_ERRORS, 404: {"model": ErrorBody, "description": "Unknown or expired id"}},
         summary="State of an execution: queued, running, or its final result",
     )
-    async def get_execution(execution_id: str) -> Any:
-        if not EXECUTION_ID_RE.match(execution_id):
-            raise validation_error("execution_id must match [A-Za-z0-9_-]{1,128}")
+    async def get_execution(execution_id: str = Path(pattern=EXECUTION_ID_RE.pattern)) -> Any:
         record = service.get(execution_id)
         if record is None:
             raise ApiError(
-                404, "Executor.NotFound", f"No execution {execution_id} (unknown or expired).",
+                404,
+                "Executor.NotFound",
+                f"No execution {execution_id} (unknown or expired).",
                 solution=f"Executions are kept for {settings.executions_retention_seconds} s "
                 f"and at most {settings.executions_retention_count}.",
             )
@@ -307,7 +323,14 @@ def _add_dependency_route(app: FastAPI, service: ExecutionService) -> None:
     except ImportError:  # pragma: no cover - only while the module is being written
         return
 
-    @app.post(
+    async def sync_dependencies(body: Any) -> Any:
+        if service.dependencies is None:
+            raise ApiError(503, "Executor.Unavailable", "Dependency management is not configured.")
+        return await service.dependencies.sync(body)
+
+    # The model is imported here, so the postponed annotation must be the class itself.
+    sync_dependencies.__annotations__["body"] = SyncRequest
+    app.post(
         "/internal/session-config/sync",
         responses={
             **_ERRORS,
@@ -315,9 +338,4 @@ def _add_dependency_route(app: FastAPI, service: ExecutionService) -> None:
             503: {"model": ErrorBody, "description": "Another sync is running"},
         },
         summary="Install the session's Python dependencies",
-    )
-    async def sync_dependencies(body: SyncRequest) -> Any:
-        if service.dependencies is None:
-            raise ApiError(503, "Executor.Unavailable", "Dependency management is not configured.")
-        return await service.dependencies.sync(body)
-
+    )(sync_dependencies)

@@ -41,4 +41,6 @@ class ApiError(Exception):
 
 def validation_error(description: str, detail: Any = None, solution: str = "") -> ApiError:
     """400 Executor.ValidationError."""
-    return ApiError(400, "Executor.ValidationError", description, detail, solution or "Fix the request and retry.")
+    return ApiError(
+        400, "Executor.ValidationError", description, detail, solution or "Fix the request and retry."
+    )

@@ -9,19 +9,29 @@ REGISTRY = CollectorRegistry()
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 EXECUTIONS = Counter(
-    "sandbox_executions_total", "Finished executions by language and status.",
-    ["language", "status"], registry=REGISTRY,
+    "sandbox_executions_total",
+    "Finished executions by language and status.",
+    ["language", "status"],
+    registry=REGISTRY,
 )
 EXECUTION_DURATION = Histogram(
-    "sandbox_execution_duration_seconds", "Wall time of executions, hand-off to exit.",
-    ["language"], buckets=_DURATION_BUCKETS, registry=REGISTRY,
+    "sandbox_execution_duration_seconds",
+    "Wall time of executions, hand-off to exit.",
+    ["language"],
+    buckets=_DURATION_BUCKETS,
+    registry=REGISTRY,
 )
 QUEUE_WAIT = Histogram(
-    "sandbox_queue_wait_seconds", "Time accepted executions waited for a free slot.",
-    buckets=_DURATION_BUCKETS, registry=REGISTRY,
+    "sandbox_queue_wait_seconds",
+    "Time accepted executions waited for a free slot.",
+    buckets=_DURATION_BUCKETS,
+    registry=REGISTRY,
 )
 QUEUE_DEPTH = Gauge("sandbox_queue_depth", "Executions accepted and waiting.", registry=REGISTRY)
 ACTIVE = Gauge("sandbox_active_executions", "Executions running now.", registry=REGISTRY)
 REJECTED = Counter(
-    "sandbox_rejected_requests_total", "Requests refused, by reason.", ["reason"], registry=REGISTRY,
+    "sandbox_rejected_requests_total",
+    "Requests refused, by reason.",
+    ["reason"],
+    registry=REGISTRY,
 )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 EXECUTION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -18,6 +18,10 @@ MAX_ENV_VARS = 256
 RESERVED_ENV_NAMES = frozenset({"SANDBOX_EVENT_FILE"})
 
 Language = Literal["python", "javascript", "shell"]
+# Schema-level constraints, so /openapi.json tells clients what is accepted; the validators
+# below add what JSON Schema cannot say (byte sizes, totals).
+EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_RE.pattern)]
+EnvValue = Annotated[str, StringConstraints(max_length=MAX_ENV_BYTES, pattern=r"^[^\x00]*$")]
 
 
 class Status(StrEnum):
@@ -47,11 +51,15 @@ class ExecuteRequest(BaseModel):
 
     execution_id: str = Field(pattern=EXECUTION_ID_RE.pattern, examples=["exec_20260101120000_0123abcd"])
     session_id: str | None = Field(default=None, max_length=256)
-    code: str
+    code: str = Field(max_length=MAX_CODE_BYTES, description="at most 1 MiB of UTF-8")
     language: Language
     timeout: int = Field(default=30, ge=1, le=3600)
     event: dict[str, Any] | None = None
-    env_vars: dict[str, str] = Field(default_factory=dict)
+    env_vars: dict[EnvName, EnvValue] = Field(
+        default_factory=dict,
+        max_length=MAX_ENV_VARS,
+        json_schema_extra={"additionalProperties": False},
+    )
     stdin: str | None = None
 
     @field_validator("code")
@@ -60,8 +68,6 @@ class ExecuteRequest(BaseModel):
         size = len(value.encode("utf-8", "surrogatepass"))
         if size > MAX_CODE_BYTES:
             raise ValueError(f"code is {size} bytes; the limit is {MAX_CODE_BYTES} bytes (1 MiB)")
-        if "\x00" in value:
-            raise ValueError("code must not contain NUL characters")
         return value
 
     @field_validator("env_vars")

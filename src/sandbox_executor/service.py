@@ -36,7 +36,9 @@ State = Literal["queued", "running", "completed"]
 class Reporter(Protocol):
     """What the service needs from the control-plane reporter (control_plane.py)."""
 
-    async def submit_result(self, execution_id: str, session_id: str | None, result: ExecutionResult) -> None: ...
+    async def submit_result(
+        self, execution_id: str, session_id: str | None, result: ExecutionResult
+    ) -> None: ...
 
     def heartbeat(self, execution_id: str) -> AbstractAsyncContextManager[None]: ...
 
@@ -92,7 +94,9 @@ class ExecutionService:
         for n in range(self.settings.max_concurrent_executions):
             self._workers.append(asyncio.create_task(self._worker(), name=f"execution-worker-{n}"))
 
-    async def abort_all(self, reason: TerminationReason = TerminationReason.SHUTDOWN) -> list[ExecutionRecord]:
+    async def abort_all(
+        self, reason: TerminationReason = TerminationReason.SHUTDOWN
+    ) -> list[ExecutionRecord]:
         """Stop accepting, kill running sandboxes, and record every unfinished execution.
 
         Returns the records whose (crashed) results were produced here.
@@ -119,8 +123,11 @@ class ExecutionService:
         if self.shutting_down:
             metrics.REJECTED.labels("shutting_down").inc()
             raise ApiError(
-                503, "Executor.ShuttingDown", "The executor is shutting down.",
-                solution="Retry on another executor.", headers={"Retry-After": "5"},
+                503,
+                "Executor.ShuttingDown",
+                "The executor is shutting down.",
+                solution="Retry on another executor.",
+                headers={"Retry-After": "5"},
             )
         fingerprint = request.fingerprint()
         existing = self.records.get(request.execution_id)
@@ -129,16 +136,19 @@ class ExecutionService:
                 return existing, False
             metrics.REJECTED.labels("conflict").inc()
             raise ApiError(
-                409, "Executor.Conflict",
+                409,
+                "Executor.Conflict",
                 f"Execution {request.execution_id} already exists with a different payload.",
                 solution="Use a new execution_id for a different request.",
             )
         if self._queue.qsize() >= self.settings.max_queued_executions:
             metrics.REJECTED.labels("queue_full").inc()
             raise ApiError(
-                503, "Executor.QueueFull",
+                503,
+                "Executor.QueueFull",
                 f"The queue is full ({self.settings.max_queued_executions} waiting).",
-                solution="Retry after the delay in Retry-After.", headers={"Retry-After": "1"},
+                solution="Retry after the delay in Retry-After.",
+                headers={"Retry-After": "1"},
             )
         record = ExecutionRecord(request=request, fingerprint=fingerprint)
         self._prune()
@@ -146,8 +156,11 @@ class ExecutionService:
         self._queue.put_nowait(record)
         metrics.QUEUE_DEPTH.set(self._queue.qsize())
         log.info(
-            "execution_accepted", execution_id=request.execution_id, session_id=request.session_id,
-            language=request.language, code_bytes=len(request.code),
+            "execution_accepted",
+            execution_id=request.execution_id,
+            session_id=request.session_id,
+            language=request.language,
+            code_bytes=len(request.code),
         )
         return record, True
 
@@ -190,7 +203,8 @@ class ExecutionService:
                 log.info("execution_started", language=request.language)
                 heartbeat = (
                     self.reporter.heartbeat(request.execution_id)
-                    if self.reporter is not None else contextlib.nullcontext()
+                    if self.reporter is not None
+                    else contextlib.nullcontext()
                 )
                 async with heartbeat:
                     result = await self.engine.execute(request)
@@ -222,10 +236,15 @@ class ExecutionService:
         metrics.EXECUTIONS.labels(request.language, str(result.status)).inc()
         metrics.EXECUTION_DURATION.labels(request.language).observe(result.execution_time)
         log.info(
-            "execution_finished", execution_id=request.execution_id, session_id=request.session_id,
-            status=str(result.status), termination_reason=str(result.termination_reason),
-            exit_code=result.exit_code, duration_ms=result.metrics.duration_ms if result.metrics else None,
-            stdout_bytes=len(result.stdout), stderr_bytes=len(result.stderr),
+            "execution_finished",
+            execution_id=request.execution_id,
+            session_id=request.session_id,
+            status=str(result.status),
+            termination_reason=str(result.termination_reason),
+            exit_code=result.exit_code,
+            duration_ms=result.metrics.duration_ms if result.metrics else None,
+            stdout_bytes=len(result.stdout),
+            stderr_bytes=len(result.stderr),
         )
         if result.status == Status.CRASHED and result.termination_reason == TerminationReason.SANDBOX_ERROR:
             self.engine.last_start_error = result.error or "sandbox error"

@@ -67,7 +67,9 @@ class _Daemon:
         if self.reporter is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
-                    self.reporter.announce_exited(self.exit_code, _EXIT_REASONS.get(signum, signum.name.lower())),
+                    self.reporter.announce_exited(
+                        self.exit_code, _EXIT_REASONS.get(signum, signum.name.lower())
+                    ),
                     max(0.05, deadline - loop.time() - 0.3),
                 )
             with contextlib.suppress(Exception):
@@ -101,12 +103,15 @@ class _Daemon:
         )
         self.server = _Server(config)
         serving = asyncio.create_task(self.server.serve())
-        while not self.server.started and not serving.done():
+        while not self.server.started and not serving.done():  # noqa: ASYNC110 - uvicorn exposes a flag only
             await asyncio.sleep(0.01)
         if self.server.started:
             log.info(
-                "executor_listening", host=self.settings.executor_host, port=self.settings.executor_port,
-                isolation=self.settings.isolation, control_plane=bool(self.settings.control_plane_url),
+                "executor_listening",
+                host=self.settings.executor_host,
+                port=self.settings.executor_port,
+                isolation=self.settings.isolation,
+                control_plane=bool(self.settings.control_plane_url),
             )
             if self.reporter is not None:
                 self.reporter.announce_ready()
@@ -156,6 +161,8 @@ def serve() -> int:
     if failures:
         for check in failures:
             log.error("startup_check_failed", check=check.name, detail=check.detail, remedy=check.remedy)
-            print(f"sandbox-executor: {check.name}: {check.detail}\n  remedy: {check.remedy}", file=sys.stderr)
+            print(
+                f"sandbox-executor: {check.name}: {check.detail}\n  remedy: {check.remedy}", file=sys.stderr
+            )
         return 1
     return asyncio.run(_Daemon(settings).run())

@@ -102,18 +102,32 @@ def start_server(
     if run_as is not None:
         setpriv = shutil.which("setpriv")
         assert setpriv, "setpriv (util-linux) is needed to start an unprivileged daemon"
-        argv = [setpriv, f"--reuid={run_as[0]}", f"--regid={run_as[1]}", "--clear-groups", "--inh-caps=-all", *argv]
+        argv = [
+            setpriv,
+            f"--reuid={run_as[0]}",
+            f"--regid={run_as[1]}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            *argv,
+        ]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=base)
     server = RunningServer(
-        url=f"http://127.0.0.1:{port}", port=port, process=process, workspace=workspace,
-        results_dir=results, log_path=log_path, env=full_env,
+        url=f"http://127.0.0.1:{port}",
+        port=port,
+        process=process,
+        workspace=workspace,
+        results_dir=results,
+        log_path=log_path,
+        env=full_env,
     )
     if wait_ready:
         deadline = time.monotonic() + ready_timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"daemon exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"daemon exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
+                )
             try:
                 if httpx.get(f"{server.url}/health", timeout=1).status_code in (200, 503):
                     break
@@ -121,7 +135,9 @@ def start_server(
                 pass
             if time.monotonic() > deadline:
                 stop_server(server)
-                raise RuntimeError(f"daemon not ready after {ready_timeout}s:\n{log_path.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"daemon not ready after {ready_timeout}s:\n{log_path.read_text()[-3000:]}"
+                )
             time.sleep(0.05)
     return server
 
