@@ -542,6 +542,7 @@ class PipRunner:
         self.settings = settings
         self._mounts: list[Mount] | None = None
         self._disable_userns = True
+        self._seccomp_program: bytes | None = None
 
     def prepare(self) -> None:
         if self._mounts is not None:
@@ -556,6 +557,14 @@ class PipRunner:
             except (OSError, TimeoutError):
                 help_text = ""
             self._disable_userns = bwrap_supports(help_text, "--disable-userns")
+            if self.settings.seccomp_enabled:
+                # The executions' filter: an sdist build is untrusted code with network.
+                try:
+                    from . import seccomp
+
+                    self._seccomp_program = seccomp.build_program()
+                except (ImportError, OSError) as exc:
+                    log.warning("dependency_seccomp_unavailable", error=str(exc))
 
     def ids(self) -> tuple[int, int] | None:
         """The uid/gid pip runs as: the sandbox user when the daemon is root."""
@@ -596,8 +605,8 @@ class PipRunner:
 
     def command(
         self, job: PipJob
-    ) -> tuple[list[str], list[tuple[int, str]], dict[str, str], str | None]:
-        """(argv, data files to pass, environment for Popen, cwd) for ``job``."""
+    ) -> tuple[list[str], list[int], dict[str, str], str | None]:
+        """(argv, descriptors to pass (the caller closes them), Popen environment, cwd)."""
         pip_dir, fallback = find_pip(self.settings)
         if self.settings.disable_bwrap:
             tmpdir = str(job.scratch / "tmp")
@@ -625,6 +634,8 @@ class PipRunner:
             "/etc/nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
         }
         data_files = [(_memfd(path, text.encode()), path) for path, text in files.items()]
+        prog = self._seccomp_program
+        seccomp_fd = _memfd("seccomp", prog) if prog else None
         spec = SandboxSpec(
             command=argv,
             workspace=str(job.scratch),
@@ -637,14 +648,15 @@ class PipRunner:
             disable_userns=self._disable_userns,
             hostname="pip",
             data_files=data_files,
+            seccomp_fd=seccomp_fd,
         )
-        return build_bwrap_argv(spec), data_files, {}, None
+        return build_bwrap_argv(spec), spec.inherited_fds(), {}, None
 
     async def run(self, job: PipJob) -> PipOutcome:
         """Run pip for ``job`` to completion or timeout; never raises for pip's failures."""
         started = time.monotonic()
         timeout = float(self.settings.dependency_install_timeout_seconds)
-        argv, data_files, env, cwd = self.command(job)
+        argv, fds, env, cwd = self.command(job)
         ids = self.ids()
         kwargs: dict[str, Any] = {}
         if ids is not None:
@@ -655,7 +667,7 @@ class PipRunner:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
-                pass_fds=[fd for fd, _ in data_files],
+                pass_fds=fds,
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
@@ -668,7 +680,7 @@ class PipRunner:
                 str(exc),
             ) from exc
         finally:
-            for fd, _ in data_files:
+            for fd in fds:
                 os.close(fd)
         tail = bytearray()
         timed_out = False

@@ -267,7 +267,7 @@ def test_pip_runs_in_a_sandbox_with_nothing_of_the_daemon(
     runner = PipRunner(settings)
     job = PipJob(["alpha==1.0", "beta"], "http://127.0.0.1:9/simple", tmp_path / "v1",
                  tmp_path / "scratch", tmp_path / "cache")
-    argv, data_files, env, cwd = runner.command(job)
+    argv, fds, env, cwd = runner.command(job)
     try:
         assert env == {} and cwd is None  # bwrap itself starts with an empty environment
         assert "--clearenv" in argv and "--share-net" in argv
@@ -287,10 +287,13 @@ def test_pip_runs_in_a_sandbox_with_nothing_of_the_daemon(
         assert inner[inner.index("--index-url") + 1] == "http://127.0.0.1:9/simple"
         assert inner[inner.index("--target") + 1] == "/opt/sandbox-venv"
         assert inner[-3:] == ["--", "alpha==1.0", "beta"]
-        assert {dest for _, dest in data_files} == {"/etc/passwd", "/etc/group",
-                                                   "/etc/nsswitch.conf"}
+        data = {argv[i + 2] for i, a in enumerate(argv[:sep]) if a == "--ro-bind-data"}
+        assert data == {"/etc/passwd", "/etc/group", "/etc/nsswitch.conf"}
+        # The executions' seccomp filter applies to pip and to any build it runs.
+        assert "--seccomp" in argv[:sep]
+        assert len(fds) == 4
     finally:
-        for fd, _ in data_files:
+        for fd in fds:
             os.close(fd)
 
 
@@ -298,8 +301,8 @@ def test_unsandboxed_pip_still_gets_a_clean_environment(tmp_path: Path) -> None:
     settings = Settings(sandbox_venv_path=tmp_path / "venv", disable_bwrap=True)
     job = PipJob(["alpha"], "https://i.example/simple", tmp_path / "v1", tmp_path / "s",
                  tmp_path / "c")
-    argv, data_files, env, cwd = PipRunner(settings).command(job)
-    assert data_files == [] and cwd == str(tmp_path / "s")
+    argv, fds, env, cwd = PipRunner(settings).command(job)
+    assert fds == [] and cwd == str(tmp_path / "s")
     assert set(env) <= {"PATH", "HOME", "TMPDIR", "LANG", "PYTHONDONTWRITEBYTECODE",
                         "SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE"}
     assert argv[argv.index("--target") + 1] == str(tmp_path / "v1")
