@@ -9,7 +9,12 @@ Prints median / p95 / max of:
 * arrival: submit_result called -> request fully received by the control plane (issue 4
   target: p95 < 200 ms).
 
+With --daemon: the real `sandbox-executor serve` runs a Python handler that returns
+time.time() as its last act; "end2cp" is the control plane's arrival time minus that stamp
+(end of user code -> result received), sandbox teardown and artifact scan included.
+
 Usage: .venv/bin/python benchmarks/callback_latency.py [--count 300] [--stdout-kib 4]
+       .venv/bin/python benchmarks/callback_latency.py --daemon --count 100
 """
 
 from __future__ import annotations
@@ -53,8 +58,13 @@ async def run(count: int, stdout_kib: int, gap: float, results_dir: Path) -> Non
         reporter = ControlPlaneReporter(settings)
         await reporter.start()
         result = ExecutionResult(
-            status="success", exit_code=0, stdout="x" * (stdout_kib * 1024), stderr="",
-            execution_time=0.05, metrics=Metrics(duration_ms=50.0), termination_reason="exited",
+            status="success",
+            exit_code=0,
+            stdout="x" * (stdout_kib * 1024),
+            stderr="",
+            execution_time=0.05,
+            metrics=Metrics(duration_ms=50.0),
+            termination_reason="exited",
         )
         submitted: dict[str, float] = {}
         commit: list[float] = []
@@ -77,14 +87,64 @@ async def run(count: int, stdout_kib: int, gap: float, results_dir: Path) -> Non
     print(f"answers: {sorted(s for s in statuses if s is not None)}  stats: {reporter.stats()}")
 
 
+END_STAMP_HANDLER = """
+import time
+
+def handler(event):
+    return {"ended_at": time.time()}
+"""
+
+
+def run_daemon(count: int) -> None:
+    """End to end: the handler's last instruction -> the result reaches the control plane."""
+    import httpx
+
+    from tests.support.server import start_server, stop_server
+
+    with FakeControlPlane() as cp:
+        server = start_server({"CONTROL_PLANE_URL": cp.url, "LOG_LEVEL": "WARNING"})
+        try:
+            latencies: list[float] = []
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                for i in range(count):
+                    eid = f"exec_bench_e2e_{i:06d}"
+                    response = client.post(
+                        "/execute",
+                        json={
+                            "execution_id": eid,
+                            "code": END_STAMP_HANDLER,
+                            "language": "python",
+                        },
+                    )
+                    assert response.status_code == 200, response.text
+                    [request] = cp.wait_for("result", execution_id=eid, timeout=30)
+                    body = request.json
+                    assert body["status"] == "success", body
+                    latencies.append(request.arrived_at - body["return_value"]["ended_at"])
+        finally:
+            stop_server(server)
+    print(f"daemon end to end: {count} executions (python handler, real bwrap sandbox)")
+    print(summary("end2cp", latencies))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--stdout-kib", type=int, default=4)
     parser.add_argument("--gap-ms", type=float, default=10)
-    parser.add_argument("--results-dir", type=Path, default=None,
-                        help="default: a fresh directory under /var/tmp (a real disk)")
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=None,
+        help="default: a fresh directory under /var/tmp (a real disk)",
+    )
+    parser.add_argument(
+        "--daemon", action="store_true", help="measure end to end through a real `sandbox-executor serve`"
+    )
     args = parser.parse_args()
+    if args.daemon:
+        run_daemon(args.count)
+        return
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
     with tempfile.TemporaryDirectory(prefix="cb-bench-", dir="/var/tmp") as tmp:
         results_dir = args.results_dir or Path(tmp)

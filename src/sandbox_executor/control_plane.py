@@ -603,11 +603,13 @@ class ControlPlaneReporter:
             await asyncio.sleep(jittered(self.settings.outbox_replay_interval_seconds))
 
     async def _replay_once(self) -> None:
-        on_disk = await asyncio.to_thread(self.outbox.scan)
+        scanned = await asyncio.to_thread(self.outbox.scan)
+        # A delivered result whose file could not be removed is not pending again.
+        on_disk = [eid for eid in scanned if eid not in self._delivered_ids]
         self._pending.update(on_disk)
         self._update_gauge()
         for execution_id in on_disk:
-            if execution_id not in self._deliveries and execution_id not in self._delivered_ids:
+            if execution_id not in self._deliveries:
                 self._spawn_delivery(execution_id, None, replay=True)
         for execution_id, envelope in list(self._memory_only.items()):
             if execution_id not in self._deliveries:
@@ -625,8 +627,11 @@ class ControlPlaneReporter:
         except (TimeoutError, OSError):
             pass
         tasks = list(self._deliveries.values())
-        if tasks:
-            await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+        try:
+            if tasks:
+                await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+        finally:
+            self._wake.clear()
         if self._pending:
             log.warning("flush_incomplete", pending=len(self._pending))
 

@@ -196,9 +196,9 @@ def test_sigkill_after_run_before_delivery_then_restart_delivers(
     assert second.process.poll() is None
 
 
-@pytest.mark.parametrize("control_plane_up", [True, False], ids=["cp-up", "cp-down"])
+@pytest.mark.parametrize("control_plane", ["up", "down", "hung"])
 def test_sigterm_during_a_run(
-    cp: FakeControlPlane, base_dir: Path, servers: list[RunningServer], control_plane_up: bool
+    cp: FakeControlPlane, base_dir: Path, servers: list[RunningServer], control_plane: str
 ) -> None:
     server = launch(servers, daemon_env(cp, MAX_CONCURRENT_EXECUTIONS="1"), base_dir)
     cp.wait_for("ready", status=200, timeout=10)
@@ -206,29 +206,34 @@ def test_sigterm_during_a_run(
     execute(server, running, seconds=30)
     execute(server, queued, seconds=30)
     wait_state(server, running, {"running"})
-    if not control_plane_up:
+    if control_plane == "down":
         cp.stop()
+    elif control_plane == "hung":
+        cp.hang(60)
     signalled = time.monotonic()
     server.signal(signal.SIGTERM)
     status = server.wait(5)
     elapsed = time.monotonic() - signalled
     assert status == 143
     assert elapsed < 2.0, f"exit took {elapsed:.2f} s"
-    state = "up" if control_plane_up else "down"
-    print(f"SIGTERM -> exit 143 in {elapsed:.2f} s (control plane {state})")
+    print(f"SIGTERM -> exit 143 in {elapsed:.2f} s (control plane {control_plane})")
 
-    if not control_plane_up:
-        # Both crashed results were committed durably; a later start delivers them.
-        assert outbox_files(base_dir) == [f"{running}.json", f"{queued}.json"]
-        cp.start()
-        launch(servers, daemon_env(cp), base_dir)
-        cp.wait_for("result", 2, status=201, timeout=10)
-    else:
+    if control_plane == "up":
         [exited] = cp.wait_for("exited", timeout=1)
         body = exited.json
         assert body["container_id"] == POD and body["pod_name"] == POD
         assert body["exit_code"] == 143 and body["exit_reason"] == "sigterm"
         assert isinstance(body["exited_at"], str)
+    else:
+        # Both crashed results were committed durably; a later start delivers them.
+        assert outbox_files(base_dir) == [f"{running}.json", f"{queued}.json"]
+        if control_plane == "hung":
+            assert len(cp.requests("exited")) == 1  # tried once, did not wait for it
+        cp.stop()
+        cp.clear_rules()
+        cp.start()
+        launch(servers, daemon_env(cp), base_dir)
+        cp.wait_for("result", 2, status=201, timeout=10)
     for eid in (running, queued):
         result = assert_single_outcome(cp, eid)
         assert result["status"] == "crashed"
