@@ -1,0 +1,81 @@
+"""The spawner helper process: fds, identity, limits, exit status and clean rusage."""
+
+from __future__ import annotations
+
+import os
+import resource
+
+import pytest
+
+from sandbox_executor.spawner import SpawnError, Spawner
+
+
+@pytest.fixture()
+async def spawner():
+    sp = Spawner("/usr/bin/python3")
+    yield sp
+    await sp.aclose()
+
+
+async def test_fds_land_on_their_numbers_and_status_is_reported(spawner: Spawner) -> None:
+    r, w = os.pipe()
+    devnull = os.open("/dev/null", os.O_RDONLY)
+    child = await spawner.spawn(
+        ["/bin/sh", "-c", 'echo "fd5" >&5; echo "$FOO"; exit 3'],
+        fds={0: devnull, 1: w, 2: w, 5: w},
+        env={"PATH": "/usr/bin:/bin", "FOO": "bar"},
+    )
+    os.close(w)
+    os.close(devnull)
+    code, usage = await child.exited
+    out = b""
+    while chunk := os.read(r, 4096):
+        out += chunk
+    os.close(r)
+    assert code == 3
+    assert out.splitlines() == [b"fd5", b"bar"]
+    assert usage is not None
+
+
+async def test_rusage_is_not_polluted_by_the_daemon(spawner: Spawner) -> None:
+    ballast = bytearray(300 * 1024 * 1024)  # the daemon grows; the child's peak must not
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    child = await spawner.spawn(["/bin/true"], fds={0: 0, 1: 1, 2: 2}, env={})
+    _, usage = await child.exited
+    assert usage is not None
+    assert usage.ru_maxrss < 64 * 1024, usage  # KiB: far below the 300 MiB ballast
+    del ballast
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching uid needs root")
+async def test_identity_and_limits_apply_to_the_child(spawner: Spawner) -> None:
+    r, w = os.pipe()
+    child = await spawner.spawn(
+        ["/bin/sh", "-c", "id -u; id -g; id -G; ulimit -n"],
+        fds={0: 0, 1: w, 2: w},
+        env={"PATH": "/usr/bin:/bin"},
+        uid_gid=(65534, 65534),
+        rlimits=[(resource.RLIMIT_NOFILE, 77, 77)],
+    )
+    os.close(w)
+    await child.exited
+    lines = os.read(r, 4096).decode().split()
+    os.close(r)
+    assert lines == ["65534", "65534", "65534", "77"]
+
+
+async def test_exec_failure_is_an_error_not_a_child(spawner: Spawner) -> None:
+    with pytest.raises(SpawnError, match="No such file"):
+        await spawner.spawn(["/nonexistent/program"], fds={0: 0, 1: 1, 2: 2}, env={})
+    child = await spawner.spawn(["/bin/true"], fds={0: 0, 1: 1, 2: 2}, env={})
+    assert (await child.exited)[0] == 0
+
+
+async def test_spawner_restarts_after_dying(spawner: Spawner) -> None:
+    child = await spawner.spawn(["/bin/true"], fds={0: 0, 1: 1, 2: 2}, env={})
+    await child.exited
+    assert spawner._proc is not None
+    spawner._proc.kill()
+    spawner._proc.wait()
+    child = await spawner.spawn(["/bin/true"], fds={0: 0, 1: 1, 2: 2}, env={})
+    assert (await child.exited)[0] == 0
