@@ -93,10 +93,10 @@ class Spawner:
             fut = self._replies.popleft()
             if not fut.done():
                 fut.set_exception(SpawnError(reason))
-        for fut in self._children.values():
+        for exited in self._children.values():
             # Children die with the spawner (bwrap --die-with-parent); their accounting is lost.
-            if not fut.done():
-                fut.set_result((-9, None))
+            if not exited.done():
+                exited.set_result((-9, None))
         self._children.clear()
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
@@ -119,10 +119,10 @@ class Spawner:
                 return
             msg = json.loads(data)
             if "exit" in msg:
-                fut = self._children.pop(int(msg["exit"]), None)
+                child = self._children.pop(int(msg["exit"]), None)
                 usage = Usage(*msg["ru"]) if msg.get("ru") else None
-                if fut is not None and not fut.done():
-                    fut.set_result((os.waitstatus_to_exitcode(int(msg["status"])), usage))
+                if child is not None and not child.done():
+                    child.set_result((os.waitstatus_to_exitcode(int(msg["status"])), usage))
                 continue
             reply = self._replies.popleft()
             if "pid" in msg:

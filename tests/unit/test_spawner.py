@@ -7,7 +7,7 @@ import resource
 
 import pytest
 
-from sandbox_executor.spawner import SpawnError, Spawner
+from sandbox_executor.spawner import Spawner, SpawnError
 
 
 @pytest.fixture()

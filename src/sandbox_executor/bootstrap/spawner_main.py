@@ -51,7 +51,7 @@ def _reap(sock):
 def _child(req, fds, errw):
     try:
         _exec_child(req, fds, errw)
-    except BaseException as exc:  # noqa: BLE001 - reported to the daemon, then exit
+    except BaseException as exc:  # reported to the daemon, then exit
         try:
             os.write(_ERRW[0], f"{type(exc).__name__}: {exc}".encode()[:4000])
         finally:
@@ -81,7 +81,7 @@ def _exec_child(req, fds, errw):
     floor = max([*targets, 2]) + 1
     moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in fds]
     errw = _ERRW[0] = fcntl.fcntl(errw, fcntl.F_DUPFD_CLOEXEC, floor)
-    for target, fd in zip(targets, moved):
+    for target, fd in zip(targets, moved, strict=True):
         os.dup2(fd, target, inheritable=True)
     # Close everything else (close_range under the hood), keeping the targets and errw.
     low = 0
@@ -92,7 +92,7 @@ def _exec_child(req, fds, errw):
     os.closerange(low, 1 << 20)
     if req.get("cwd"):
         os.chdir(req["cwd"])
-    os.execvpe(req["argv"][0], req["argv"], req["env"])
+    os.execvpe(req["argv"][0], req["argv"], req["env"])  # noqa: S606 - argv comes from the daemon
 
 
 def _spawn(sock, req, fds):
@@ -144,7 +144,7 @@ def main():
                     fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
             try:
                 _spawn(sock, json.loads(msg), list(fds))
-            except Exception as exc:  # noqa: BLE001 - never die on one bad request
+            except Exception as exc:  # never die on one bad request
                 _send(sock, {"error": f"{type(exc).__name__}: {exc}"})
             _reap(sock)
 
