@@ -43,6 +43,8 @@ import asyncio
 import contextlib
 import ctypes
 import email.parser
+import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -524,6 +526,48 @@ def find_pip(settings: Settings) -> tuple[str | None, list[str]]:
     return None, [settings.python_path, "-I", "-m", "pip"]
 
 
+def compiled_pip_copy(pip_dir: str, root: Path, python: str) -> str | None:
+    """A read-only copy of ``pip_dir`` under ``root`` with bytecode for ``python``.
+
+    The daemon's pip has no .pyc for the sandbox's interpreter (it is never imported here)
+    and the sandbox cannot write any, so every install would compile pip's ~450 modules
+    again (about half of a one-wheel install). Compiled once by the daemon from the trusted
+    source; returns None (bind the original) when that fails.
+    """
+    try:
+        version = importlib.metadata.version("pip")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    key = f"pip-runtime-{version}-{hash_path(pip_dir)}"
+    final = root / key
+    if (final / ".complete").is_file():
+        return str(final / "pip")
+    tmp = root / f".{key}.tmp-{secrets.token_hex(4)}"
+    try:
+        shutil.copytree(pip_dir, tmp / "pip", ignore=shutil.ignore_patterns("__pycache__"))
+        done = subprocess.run(
+            [python, "-I", "-m", "compileall", "-q", "-j", "0", str(tmp / "pip")],
+            capture_output=True, timeout=300, check=False,
+        )
+        if done.returncode != 0:
+            raise OSError(f"compileall failed: {done.stdout[-500:]!r}")
+        seal_tree(tmp, None)
+        (tmp / ".complete").write_text(version)
+        for old in root.glob("pip-runtime-*"):
+            remove_tree(old)
+        os.rename(tmp, final)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("dependency_pip_compile_failed", error=str(exc))
+        remove_tree(tmp)
+        return None
+    return str(final / "pip")
+
+
+def hash_path(path: str) -> str:
+    """A short stable tag for a path (a different daemon pip gets a different copy)."""
+    return hashlib.sha256(os.fsencode(path)).hexdigest()[:12]
+
+
 @dataclass
 class PipJob:
     """One pip run: what to install, where, with which index."""
@@ -543,6 +587,19 @@ class PipRunner:
         self._mounts: list[Mount] | None = None
         self._disable_userns = True
         self._seccomp_program: bytes | None = None
+        self._pip: tuple[str | None, list[str]] | None = None
+        # Where a compiled copy of pip may live (set by the manager: the store's root).
+        self.runtime_root: Path | None = None
+
+    def locate_pip(self) -> tuple[str | None, list[str]]:
+        """pip's package dir to bind (a compiled copy when possible) and the fallback argv."""
+        if self._pip is None:
+            pip_dir, fallback = find_pip(self.settings)
+            if pip_dir and self.runtime_root is not None and not self.settings.disable_bwrap:
+                pip_dir = compiled_pip_copy(pip_dir, self.runtime_root,
+                                            self.settings.python_path) or pip_dir
+            self._pip = (pip_dir, fallback)
+        return self._pip
 
     def prepare(self) -> None:
         if self._mounts is not None:
@@ -607,7 +664,7 @@ class PipRunner:
         self, job: PipJob
     ) -> tuple[list[str], list[int], dict[str, str], str | None]:
         """(argv, descriptors to pass (the caller closes them), Popen environment, cwd)."""
-        pip_dir, fallback = find_pip(self.settings)
+        pip_dir, fallback = self.locate_pip()
         if self.settings.disable_bwrap:
             tmpdir = str(job.scratch / "tmp")
             head = [self.settings.python_path, "-I", pip_dir] if pip_dir else fallback
@@ -656,6 +713,10 @@ class PipRunner:
         """Run pip for ``job`` to completion or timeout; never raises for pip's failures."""
         started = time.monotonic()
         timeout = float(self.settings.dependency_install_timeout_seconds)
+        # Both block (bwrap --help, libseccomp, compiling pip once): off the event loop.
+        await asyncio.to_thread(self.locate_pip)
+        if not self.settings.disable_bwrap:
+            await asyncio.to_thread(self.prepare)
         argv, fds, env, cwd = self.command(job)
         ids = self.ids()
         kwargs: dict[str, Any] = {}
@@ -756,6 +817,7 @@ class DependencyManager:
         self.lock_wait_seconds = lock_wait_seconds
         self.store = VenvStore(settings)
         self.pip = PipRunner(settings)
+        self.pip.runtime_root = self.store.root
         self._lock = asyncio.Lock()
         self._current: Manifest | None = None
         self._loaded = False

@@ -77,6 +77,21 @@ def index() -> Iterator[LocalIndex]:
         yield idx
 
 
+@pytest.fixture(scope="module")
+def pip_runtime_root() -> Iterator[Path]:
+    # Every test has its own store; they share pip's compiled copy (built once, ~1 s).
+    path = Path(tempfile.mkdtemp(prefix="deps-pip-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def new_manager(settings: Settings, pip_runtime_root: Path) -> DependencyManager:
+    manager = DependencyManager(settings)
+    manager.pip.runtime_root = pip_runtime_root
+    return manager
+
+
 @pytest.fixture
 def base() -> Iterator[Path]:
     # Not pytest's tmp_path: it sits under a 0700 directory the sandbox uid cannot traverse.
@@ -108,8 +123,8 @@ def settings(base: Path) -> Settings:
 
 
 @pytest.fixture
-def manager(settings: Settings) -> DependencyManager:
-    return DependencyManager(settings)
+def manager(settings: Settings, pip_runtime_root: Path) -> DependencyManager:
+    return new_manager(settings, pip_runtime_root)
 
 
 def req(index: LocalIndex, deps: list[str], mode: str = "replace") -> SyncRequest:
@@ -217,7 +232,7 @@ async def test_missing_package_is_422_and_previous_set_stays(
 
 
 async def test_unchanged_resync_runs_no_pip(
-    manager: DependencyManager, settings: Settings, index: LocalIndex
+    manager: DependencyManager, settings: Settings, index: LocalIndex, pip_runtime_root: Path
 ) -> None:
     first = await manager.sync(req(index, ["gamma", "beta"]))
     seen = index.request_count()
@@ -233,7 +248,7 @@ async def test_unchanged_resync_runs_no_pip(
     assert index.request_count() == seen, "a no-op re-sync must not contact the index"
     assert os.path.realpath(settings.sandbox_venv_path) == live
     # A fresh manager (daemon restart) knows the live set from its manifest.
-    restarted = DependencyManager(settings)
+    restarted = new_manager(settings, pip_runtime_root)
     assert restarted.installed() == first["installed_dependencies"]
     await restarted.sync(req(index, ["gamma", "beta"]))
     assert index.request_count() == seen
@@ -246,9 +261,8 @@ async def test_second_sync_waits_or_gets_503_and_executions_keep_running(
     try:
         seen = index.request_count()
         first = asyncio.create_task(manager.sync(req(index, ["alpha==1.0"])))
-        for _ in range(200):
-            if index.request_count() > seen:
-                break
+        deadline = time.monotonic() + 30
+        while index.request_count() == seen and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         assert index.request_count() > seen, "pip never reached the index"
         # An execution runs normally while pip is blocked on the index.
@@ -273,13 +287,14 @@ async def test_second_sync_waits_or_gets_503_and_executions_keep_running(
 
 
 async def test_install_timeout_is_422_and_leaves_nothing_running(
-    base: Path, index: LocalIndex
+    base: Path, index: LocalIndex, pip_runtime_root: Path
 ) -> None:
     settings = Settings(
         workspace_path=str(base / "ws"), sandbox_venv_path=base / "venv",
         results_dir=base / "results", dependency_install_timeout_seconds=1,
     )
-    manager = DependencyManager(settings)
+    manager = new_manager(settings, pip_runtime_root)
+    await asyncio.to_thread(manager.pip.locate_pip)  # compile pip outside the 1 s budget
     index.gate.clear()
     try:
         started = time.monotonic()
@@ -333,3 +348,17 @@ async def test_sdist_build_cannot_see_daemon_secrets_or_write_outside(
     for target, outcome in findings["writes"].items():
         if target != PWNED:  # the sandbox's own /tmp is a private tmpfs
             assert outcome != "written", target
+
+
+async def test_pip_runs_from_a_compiled_read_only_copy(
+    manager: DependencyManager, index: LocalIndex, pip_runtime_root: Path
+) -> None:
+    await manager.sync(req(index, ["gamma"]))
+    copies = list(pip_runtime_root.glob("pip-runtime-*"))
+    assert len(copies) == 1
+    pip_dir = copies[0] / "pip"
+    assert manager.pip.locate_pip()[0] == str(pip_dir)
+    assert list((pip_dir / "__pycache__").glob("*.cpython-311.pyc"))
+    for path in (copies[0], pip_dir, pip_dir / "__main__.py"):
+        mode = path.stat().st_mode
+        assert path.stat().st_uid == os.geteuid() and not mode & 0o022, path
