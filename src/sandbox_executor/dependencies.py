@@ -8,6 +8,8 @@ Layout on disk, with the default ``SANDBOX_VENV_PATH=/opt/sandbox-venv``::
     /opt/sandbox-venv.d/v<N>.retired  when it stopped being current
     /opt/sandbox-venv.d/pip-cache/ pip's cache (unless PIP_CACHE_DIR), owned by the sandbox uid
     /opt/sandbox-venv.d/scratch-<N>/  HOME and TMPDIR of one pip run, removed afterwards
+    /opt/sandbox-venv.d/pip-runtime-<version>-<tag>/pip  pip, compiled once for the
+                                   sandbox's python, bound read-only into pip's sandbox
 
 Every sync installs the *whole* resulting set into a fresh ``v<N>`` (merge = previous
 requirements plus the new ones, re-resolved together; the pip cache makes the repeated
@@ -401,14 +403,16 @@ class VenvStore:
         current = self.current_dir()
         if current is None:
             if self.link.is_dir():  # a directory provisioned by the image, not by us
-                installed = [_entry(n, v, None) for n, v in read_installed(self.link)]
+                when = _mtime_iso(self.link)
+                installed = [_entry(n, v, when) for n, v in read_installed(self.link)]
                 return Manifest("external", {}, None, installed)
             return None
         manifest_path = current.with_name(current.name + ".json")
         try:
             return Manifest.from_json(manifest_path.read_text("utf-8"))
         except (OSError, ValueError, KeyError):
-            installed = [_entry(n, v, None) for n, v in read_installed(current)]
+            when = _mtime_iso(current)
+            installed = [_entry(n, v, when) for n, v in read_installed(current)]
             return Manifest(current.name, {}, None, installed)
 
     def new_version(self) -> Path:
@@ -500,7 +504,11 @@ class VenvStore:
         return removed
 
 
-def _entry(name: str, version: str, install_time: str | None) -> dict[str, Any]:
+def _mtime_iso(path: Path) -> str:
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat()
+
+
+def _entry(name: str, version: str, install_time: str) -> dict[str, Any]:
     return {
         "name": name,
         "version": version,
@@ -896,6 +904,7 @@ class DependencyManager:
             await asyncio.to_thread(self.store.switch, new)
         except BaseException as exc:
             await asyncio.to_thread(remove_tree, new)
+            new.with_name(new.name + ".json").unlink(missing_ok=True)
             if isinstance(exc, OSError):
                 raise _store_error(self.store, exc) from exc
             raise
