@@ -34,7 +34,9 @@ also write into the shared pip cache, which only this session's later installs r
 Concurrency: one sync at a time. A second request waits for the running one (so merges
 apply in order) for at most ``lock_wait_seconds`` (20 s, below the control plane's 30 s
 HTTP timeout), then gets 503 ``Executor.Busy`` with ``Retry-After``. Executions keep
-running during an install; only the switch itself is serialised with nothing.
+running during an install and take no lock: one that starts during the switch binds one
+complete tree or the other. After a switch ``on_change`` lets the warm pool drop sandboxes
+that bound the old tree.
 
 ``install_location`` in answers is the path user code sees (``/opt/sandbox-venv``).
 """
