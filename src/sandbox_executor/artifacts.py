@@ -13,11 +13,13 @@ import mimetypes
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from .models import ArtifactDetail
 
 # (mtime_ns, ctime_ns, size, inode) of a regular file; enough to notice any rewrite.
 FileState = tuple[int, int, int, int]
+Change = Literal["created", "modified"]
 
 
 @dataclass
@@ -72,9 +74,9 @@ def snapshot(root: str, max_files: int) -> Snapshot:
     return snap
 
 
-def changed_files(before: Snapshot, after: Snapshot) -> list[tuple[str, str]]:
+def changed_files(before: Snapshot, after: Snapshot) -> list[tuple[str, Change]]:
     """Sorted (path, "created"|"modified") pairs: pure comparison of two snapshots."""
-    changes: list[tuple[str, str]] = []
+    changes: list[tuple[str, Change]] = []
     for path, state in after.files.items():
         old = before.files.get(path)
         if old is None:
@@ -85,7 +87,7 @@ def changed_files(before: Snapshot, after: Snapshot) -> list[tuple[str, str]]:
     return changes
 
 
-def describe(root: str, changes: list[tuple[str, str]], max_hash_bytes: int) -> list[ArtifactDetail]:
+def describe(root: str, changes: list[tuple[str, Change]], max_hash_bytes: int) -> list[ArtifactDetail]:
     """Size, MIME type and sha256 of each changed file, hashing at most ``max_hash_bytes``."""
     details: list[ArtifactDetail] = []
     budget = max_hash_bytes
@@ -144,18 +146,23 @@ def _inspect(root: str, rel: str, budget: int) -> tuple[int, str | None, bytes] 
 _MAGIC_MIN_CONFIDENCE = 0.5
 
 
-def guess_mime(path: str, head: bytes) -> str:
-    """MIME type from content (puremagic), then the extension, then a text heuristic."""
+def _magic_matches(path: str, head: bytes) -> list[Any]:
+    if not head:
+        return []
     try:
         import puremagic
 
-        if head:
-            for match in puremagic.magic_string(head, filename=path):
-                mime = str(match.mime_type or "")
-                if mime and float(getattr(match, "confidence", 0.0)) >= _MAGIC_MIN_CONFIDENCE:
-                    return mime
-    except Exception:  # noqa: BLE001 - detection is best effort, never a failure
-        pass
+        return list(puremagic.magic_string(head, filename=path))
+    except Exception:  # detection is best effort ("could not identify" raises)
+        return []
+
+
+def guess_mime(path: str, head: bytes) -> str:
+    """MIME type from content (puremagic), then the extension, then a text heuristic."""
+    for match in _magic_matches(path, head):
+        mime = str(getattr(match, "mime_type", "") or "")
+        if mime and float(getattr(match, "confidence", 0.0)) >= _MAGIC_MIN_CONFIDENCE:
+            return mime
     guessed, _ = mimetypes.guess_type(path, strict=False)
     if guessed:
         return guessed

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .config import Settings
+from .models import ExecuteRequest, ExecutionResult
 
 
 @dataclass(frozen=True)
@@ -20,15 +25,56 @@ class CheckResult:
     remedy: str = ""
 
 
-def _drop_privileges(settings: Settings) -> dict[str, object]:
+def _drop_privileges(settings: Settings) -> dict[str, Any]:
     if settings.runs_as_root:
         uid, gid = settings.sandbox_ids()
         return {"user": uid, "group": gid, "extra_groups": []}
     return {}
 
 
+_USERNS_REMEDY = (
+    "unprivileged user namespaces are unavailable here: enable them "
+    "(sysctl -w kernel.unprivileged_userns_clone=1 where that sysctl exists, and "
+    "user.max_user_namespaces > 0; on Ubuntu 23.10+ also "
+    "kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for bwrap). "
+    "In a container, use a seccomp profile that allows unshare/clone with namespace flags "
+    "(podman's default does, Docker's default does not: run with "
+    "--security-opt seccomp=<profile> or seccomp=unconfined) and --security-opt "
+    "systempaths=unconfined (Kubernetes: procMount: Unmasked) so bwrap can mount /proc"
+)
+
+
+def bwrap_remedy(error: str) -> str:
+    """The operator's fix for a bwrap failure, from bwrap's own message."""
+    lowered = error.lower()
+    # Checked first: this message also ends in "Operation not permitted".
+    if "mount proc" in lowered:
+        return (
+            "bwrap cannot mount a fresh /proc: run the container with --security-opt "
+            "systempaths=unconfined (Kubernetes: securityContext.procMount: Unmasked)"
+        )
+    if any(
+        needle in lowered
+        for needle in (
+            "no permissions to creat",
+            "creating new namespace failed",
+            "setting up uid map",
+            "uid map",
+            "no space left on device",  # user.max_user_namespaces exhausted or 0
+            "operation not permitted",
+        )
+    ):
+        return _USERNS_REMEDY
+    if "seccomp" in lowered:
+        return "the kernel refused the seccomp filter: set SECCOMP_ENABLED=false only to diagnose"
+    if "can't find source path" in lowered:
+        return "a path bound into the sandbox is missing or unreadable by the sandbox user"
+    return "run the failing bwrap command by hand (see the detail) and read docs/OPERATIONS.md"
+
+
 def check_bwrap(settings: Settings) -> CheckResult:
-    """bwrap exists and can create every namespace we ask for, as the sandbox user."""
+    """bwrap exists and really runs a sandbox here: the engine's own command line, the
+    sandbox user, the seccomp filter, on a private scratch workspace."""
     if settings.disable_bwrap:
         return CheckResult("bwrap", True, "DISABLE_BWRAP=true: isolation is off (development only)")
     bwrap = shutil.which(settings.bwrap_path)
@@ -37,39 +83,48 @@ def check_bwrap(settings: Settings) -> CheckResult:
             "bwrap", False, f"{settings.bwrap_path!r} not found",
             "install it: apt-get install -y bubblewrap (or set BWRAP_PATH)",
         )
-    argv = [
-        bwrap, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
-        "--cap-drop", "ALL", "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev",
-        "--tmpfs", "/tmp",
-    ]
-    for link in ("/bin", "/lib", "/lib64"):
-        if os.path.islink(link):
-            argv += ["--symlink", os.readlink(link), link]
-        elif os.path.isdir(link):
-            argv += ["--ro-bind", link, link]
-    argv += ["--", "/bin/sh", "-c", "echo sandbox-ok"]
     try:
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, timeout=20, check=False, **_drop_privileges(settings)  # type: ignore[arg-type]
+        result = _run_probe_sandbox(settings)
+    except Exception as exc:
+        return CheckResult("bwrap", False, f"cannot start a test sandbox: {exc}", bwrap_remedy(str(exc)))
+    if result.status == "success" and result.stdout.strip() == "sandbox-ok":
+        uid, _ = settings.sandbox_ids()
+        return CheckResult(
+            "bwrap", True,
+            f"{bwrap} ran a test sandbox as uid {uid} (user, pid, net, ipc, uts, mount namespaces)",
         )
-    except (OSError, subprocess.SubprocessError) as exc:
-        return CheckResult("bwrap", False, f"cannot run bwrap: {exc}", "check that bwrap is executable")
-    if proc.returncode == 0 and "sandbox-ok" in proc.stdout:
-        return CheckResult("bwrap", True, f"{bwrap} created user, pid, net, ipc, uts and mount namespaces")
-    err = (proc.stderr or proc.stdout).strip()[-400:]
-    remedy = "see docs/OPERATIONS.md (failure modes)"
-    lowered = err.lower()
-    if "no permissions to creat" in lowered or "operation not permitted" in lowered or "setting up uid map" in lowered:
-        remedy = (
-            "unprivileged user namespaces are unavailable: enable them "
-            "(sysctl -w kernel.unprivileged_userns_clone=1 and user.max_user_namespaces>0; "
-            "on Ubuntu 24.04 also kernel.apparmor_restrict_unprivileged_userns=0), and in a "
-            "container use a seccomp profile that allows unshare/clone with namespace flags "
-            "(podman's default does, Docker's does not) and --security-opt unmask=/proc/*"
+    err = (result.stderr or result.error or result.stdout).strip()[-400:]
+    return CheckResult(
+        "bwrap", False, f"a test sandbox failed ({result.status}, exit {result.exit_code}): {err}",
+        bwrap_remedy(err),
+    )
+
+
+def _run_probe_sandbox(settings: Settings) -> ExecutionResult:
+    from .engine import Engine
+
+    scratch = tempfile.mkdtemp(prefix="sandbox-check-")
+    try:
+        if settings.runs_as_root:
+            os.chown(scratch, *settings.sandbox_ids())
+        probe = settings.model_copy(update={"workspace_path": scratch, "warm_pool_size": 0})
+        probe.__dict__.pop("workspace_dir", None)  # a cached_property of the original
+        request = ExecuteRequest(
+            execution_id="startup-check", code="echo sandbox-ok", language="shell", timeout=30
         )
-    elif "proc" in lowered:
-        remedy = "bwrap cannot mount /proc: run the container with --security-opt unmask=/proc/* (procMount: Unmasked)"
-    return CheckResult("bwrap", False, f"a test sandbox failed (exit {proc.returncode}): {err}", remedy)
+        return _run_coroutine(Engine(probe).execute(request))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_coroutine(coro: Coroutine[Any, Any, ExecutionResult]) -> ExecutionResult:
+    """Run ``coro`` to completion, also when the caller already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def check_workspace(settings: Settings) -> CheckResult:
@@ -85,7 +140,7 @@ def check_workspace(settings: Settings) -> CheckResult:
     try:
         proc = subprocess.run(
             [settings.python_path, "-I", "-S", "-c", script, str(workspace)],
-            capture_output=True, timeout=20, check=False, **_drop_privileges(settings),  # type: ignore[arg-type]
+            capture_output=True, timeout=20, check=False, **_drop_privileges(settings),
         )
         ok = proc.returncode == 0
     except (OSError, subprocess.SubprocessError):
@@ -100,14 +155,16 @@ def check_workspace(settings: Settings) -> CheckResult:
 
 def check_interpreters(settings: Settings) -> list[CheckResult]:
     results = []
-    for name, path in (("python", settings.python_path), ("node", settings.node_path), ("bash", settings.bash_path)):
+    interpreters = (
+        ("python", settings.python_path), ("node", settings.node_path), ("bash", settings.bash_path)
+    )
+    for name, path in interpreters:
         if os.path.isfile(path) and os.access(path, os.X_OK):
             results.append(CheckResult(name, True, path))
         else:
             package = {"python": "python3", "node": "nodejs", "bash": "bash"}[name]
-            results.append(
-                CheckResult(name, False, f"{path} not found", f"apt-get install -y {package} (or set {name.upper()}_PATH)")
-            )
+            remedy = f"apt-get install -y {package} (or set {name.upper()}_PATH)"
+            results.append(CheckResult(name, False, f"{path} not found", remedy))
     return results
 
 

@@ -24,7 +24,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     code = Path(args.file).read_text(encoding="utf-8") if args.file != "-" else sys.stdin.read()
     event = json.loads(args.event) if args.event else None
-    workspace = args.workspace
+    workspace = os.path.abspath(args.workspace) if args.workspace else None
     temp: tempfile.TemporaryDirectory[str] | None = None
     base = Settings()
     if workspace is None:
@@ -39,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         execution_id=args.execution_id,
         code=code,
         language=args.language,
-        timeout=args.timeout or settings.default_timeout_seconds,
+        timeout=args.timeout if args.timeout is not None else settings.default_timeout_seconds,
         event=event,
         stdin=args.stdin,
         env_vars=dict(kv.split("=", 1) for kv in args.env or []),

@@ -37,6 +37,8 @@ class Engine:
         self._disable_userns = True
         self._etc_files: dict[str, bytes] = {}
         self.warm_sandbox_source: Callable[[Language], Sandbox | None] | None = None
+        # The last sandbox start failure, cleared by the next successful run (for /health).
+        self.last_start_error: str | None = None
 
     def prepare(self) -> None:
         """Inspect the host once: system mounts, bwrap features, synthetic /etc files."""
@@ -110,7 +112,9 @@ class Engine:
         if sandbox is None:
             try:
                 sandbox = await self.start_sandbox(request.language)
-            except SandboxStartError as exc:
+            except (SandboxStartError, OSError) as exc:
+                # A host problem (bwrap missing, fds exhausted, seccomp refused), never the
+                # user's: reported as crashed, the daemon carries on.
                 log.error("sandbox_start_failed", error=str(exc))
                 return crashed_result(str(exc), TerminationReason.SANDBOX_ERROR, time.monotonic() - started)
         if self.settings.disable_bwrap:
@@ -124,7 +128,11 @@ class Engine:
 def _load_seccomp() -> bytes | None:
     try:
         from . import seccomp
-    except ImportError:
+
+        return seccomp.build_program()
+    except ImportError as exc:
+        # No libseccomp on this host: namespaces and dropped capabilities still hold, but
+        # say loudly that the second wall is missing.
+        log.warning("seccomp_unavailable", error=str(exc))
         return None
-    return seccomp.build_program()
 

@@ -43,6 +43,7 @@ _MEMORY_MARKERS = (
     "Fatal process out of memory",
     "Allocation failed",
     "xmalloc: cannot allocate",
+    "xrealloc: cannot allocate",
     "Cannot allocate memory",
     "MemoryError",
 )
@@ -113,7 +114,9 @@ class Sandbox:
         self.used = False
 
     # ------------------------------------------------------------------ start-up
-    async def start(self, spec_factory: Callable[..., SandboxSpec] | None, uid_gid: tuple[int, int] | None) -> None:
+    async def start(
+        self, spec_factory: Callable[..., SandboxSpec] | None, uid_gid: tuple[int, int] | None
+    ) -> None:
         """Spawn bwrap and the interpreter; returns once the process exists."""
         loop = asyncio.get_running_loop()
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
@@ -143,7 +146,9 @@ class Sandbox:
             # bash reopens its script as /dev/fd/N, which checks the pipe inode's owner.
             os.fchown(in_r, uid_gid[0], uid_gid[1])
         try:
-            self.proc = subprocess.Popen(
+            # A plain Popen, not asyncio's: fork+exec returns at once, and the engine needs
+            # pass_fds, the rlimits and its own wait4() (for rusage) on a pidfd.
+            self.proc = subprocess.Popen(  # noqa: ASYNC220
                 argv,
                 stdin=stdin_r,
                 stdout=out_w,
@@ -152,7 +157,7 @@ class Sandbox:
                 cwd=cwd,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_limits_preexec(self.limits),  # noqa: PLW1509
+                preexec_fn=_limits_preexec(self.limits),
                 **kwargs,
             )
         except OSError as exc:
@@ -197,6 +202,16 @@ class Sandbox:
     @property
     def alive(self) -> bool:
         return self._exited is not None and not self._exited.done()
+
+    @property
+    def exited(self) -> asyncio.Future[tuple[int, Any]] | None:
+        """Resolves with (returncode, rusage) once bwrap is reaped; None before start()."""
+        return self._exited
+
+    @property
+    def interpreter_started(self) -> bool:
+        """Whether the bootstrap inside is running (it wrote STARTED_MARKER; for the pool)."""
+        return self._result is not None and self._result.data().startswith(STARTED_MARKER)
 
     # ------------------------------------------------------------------ kill
     def _inner_pid(self) -> int | None:
@@ -296,17 +311,15 @@ class Sandbox:
         loop = asyncio.get_running_loop()
         pipe = os.fdopen(fd, "wb", buffering=0)
         try:
-            transport, protocol = await loop.connect_write_pipe(asyncio.Protocol, pipe)
+            transport, _ = await loop.connect_write_pipe(asyncio.Protocol, pipe)
         except OSError:
             pipe.close()
             return
-        try:
-            transport.write(data)
-            # Wait until the kernel took everything, then close: EOF starts the code.
-            while transport.get_write_buffer_size() and not transport.is_closing():
-                await asyncio.sleep(0.001)
-        finally:
-            transport.close()
+        # The transport writes what the pipe takes now and the rest as the reader drains
+        # it; close() sends EOF (which starts the code) only after the last byte. A reader
+        # that dies first makes the write fail with EPIPE, which closes the transport.
+        transport.write(data)
+        transport.close()
 
     async def _drain_captures(self) -> None:
         # All writers are dead once bwrap is reaped (the PID namespace is gone), so EOF is

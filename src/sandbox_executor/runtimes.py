@@ -103,11 +103,13 @@ def launch_message(job: LaunchJob) -> bytes:
 def _shell_script(job: LaunchJob) -> str:
     event_json = json.dumps(job.event, ensure_ascii=False)
     exports = "".join(f"export {name}={shlex.quote(value)}; " for name, value in job.env.items())
-    # One prelude line, so the user's code starts on line 2 of the script.
+    # The prelude shares line 1 with the user's first line (it ends in "; "), so bash's
+    # line numbers and $LINENO are the user's own. Anything that may start a script can
+    # follow "; " (a command, a comment or shebang, a compound command, a here-doc).
     prelude = (
         'eval "exec ${0##*/}<&-"; '
         f"{exports}export SANDBOX_EVENT_FILE={SHELL_EVENT_FILE}; "
-        f"printf '%s' {shlex.quote(event_json)} > {SHELL_EVENT_FILE};\n"
+        f"printf '%s' {shlex.quote(event_json)} > {SHELL_EVENT_FILE}; "
     )
     return prelude + job.code + "\n"
 

@@ -93,7 +93,9 @@ def test_describe_never_follows_symlinks(tmp_path: Path) -> None:
 def test_describe_skips_fifos_without_blocking(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo")
     out: list[object] = []
-    worker = threading.Thread(target=lambda: out.append(describe(str(tmp_path), [("fifo", "created")], 1 << 20)))
+    worker = threading.Thread(
+        target=lambda: out.append(describe(str(tmp_path), [("fifo", "created")], 1 << 20))
+    )
     worker.start()
     worker.join(5)
     assert not worker.is_alive(), "describe() blocked on a FIFO"

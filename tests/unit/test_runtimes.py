@@ -76,19 +76,19 @@ def test_one_mib_code_travels_in_the_message_not_argv() -> None:
 
 def _shell_prelude(job: LaunchJob) -> tuple[str, str]:
     script = launch_message(job).decode()
-    prelude, _, rest = script.partition("\n")
-    return prelude, rest
+    cut = script.rindex(f"> {SHELL_EVENT_FILE}; ") + len(f"> {SHELL_EVENT_FILE}; ")
+    return script[:cut], script[cut:]
 
 
-def test_shell_script_user_code_starts_on_line_two() -> None:
+def test_shell_script_user_code_starts_on_line_one() -> None:
     job = _job("shell", code="echo one\necho two")
     prelude, rest = _shell_prelude(job)
     assert rest == "echo one\necho two\n"
-    assert "\n" not in prelude
+    assert "\n" not in prelude and prelude.endswith("; ")
 
 
 def test_shell_script_quotes_hostile_values() -> None:
-    event = {"q": "it's \"quoted\" $(touch /tmp/pwned) `id` \n new line"}
+    event = {"q": 'it\'s "quoted" $(touch /tmp/pwned) `id` \n new line'}
     env = {"A": "x'; rm -rf / #", "B": "$HOME"}
     job = _job("shell", code="true", event=event, env=env)
     prelude, _ = _shell_prelude(job)

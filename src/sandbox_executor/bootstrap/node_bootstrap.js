@@ -79,6 +79,16 @@
     process.on('exit', (code) => { if (!code) report({ ok: true, return_value: null }); });
     return;
   }
+  // The event loop emptied while the handler's promise was still pending: node would
+  // exit 0 with no value; that is a failure of the handler, say so.
+  process.on('exit', (code) => {
+    if (reported || code) return;
+    const message = "The handler's promise never settled: the event loop emptied before it " +
+      'resolved or rejected (nothing left to wait for).';
+    process.stderr.write(message + '\n');
+    report({ ok: false, error_type: 'UnsettledPromise', error: message });
+    process.exitCode = 1;
+  });
   const ctx = msg.context || {};
   const deadline = Date.now() + (ctx.timeout || 0) * 1000;
   const context = {

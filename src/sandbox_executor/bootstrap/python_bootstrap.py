@@ -7,8 +7,12 @@
 import os
 import sys
 
+MYPY = False
+if MYPY:  # for the type checker only: importing typing costs start-up time
+    from typing import Any, NoReturn
 
-def _sandbox_main():
+
+def _sandbox_main() -> None:
     import json
 
     input_fd, output_fd = int(sys.argv[1]), int(sys.argv[2])
@@ -33,20 +37,20 @@ def _sandbox_main():
     code = msg["code"]
     filename = msg.get("filename", "handler.py")
 
-    def report(doc):
+    def report(doc: "dict[str, Any]") -> None:
         data = json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8", "surrogatepass")
         view = memoryview(data)
         while view:
             view = view[os.write(result_fd, view) :]
 
-    def fail(kind, message, exit_code=1):
+    def fail(kind: str, message: str, exit_code: int = 1) -> "NoReturn":
         sys.stderr.write(message if message.endswith("\n") else message + "\n")
         sys.stderr.flush()
         report({"ok": False, "error_type": kind, "error": message.strip()[-4000:]})
         sys.stdout.flush()
         os._exit(exit_code)
 
-    def print_user_traceback(exc):
+    def print_user_traceback(exc: BaseException) -> str:
         import traceback
 
         tb = exc.__traceback__
@@ -59,11 +63,11 @@ def _sandbox_main():
     import linecache
 
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-    namespace = {"__name__": "__main__", "__file__": filename, "__builtins__": __builtins__}
+    namespace: dict[str, Any] = {"__name__": "__main__", "__file__": filename, "__builtins__": __builtins__}
     sys.argv = [filename]
     try:
         compiled = compile(code, filename, "exec")
-        exec(compiled, namespace)
+        exec(compiled, namespace)  # noqa: S102 - running the user's code is the point
         handler = namespace.get("handler")
         if handler is None:
             fail(
@@ -82,7 +86,7 @@ def _sandbox_main():
         if hasattr(value, "__await__"):
             import asyncio
 
-            async def _await(awaitable):
+            async def _await(awaitable: "Any") -> "Any":
                 return await awaitable
 
             value = asyncio.run(_await(value))
@@ -91,7 +95,7 @@ def _sandbox_main():
         fail("MemoryError", "MemoryError: the execution exceeded its memory limit.")
     except SystemExit:
         raise
-    except BaseException as exc:  # noqa: BLE001 - report anything the user code raised
+    except BaseException as exc:  # report anything the user code raised
         sys.stdout.flush()
         fail(type(exc).__name__, print_user_traceback(exc))
     sys.stdout.flush()
@@ -122,23 +126,23 @@ def _sandbox_main():
 class _Context:
     """Lambda-style context: execution id and remaining time."""
 
-    def __init__(self, data):
+    def __init__(self, data: "dict[str, Any]") -> None:
         import time
 
         self.execution_id = self.aws_request_id = data.get("execution_id", "")
         self.function_name = "handler"
         self._deadline = time.monotonic() + float(data.get("timeout", 0))
 
-    def get_remaining_time_in_millis(self):
+    def get_remaining_time_in_millis(self) -> int:
         import time
 
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
-def _wants_context(fn):
+def _wants_context(fn: "Any") -> bool:
     code = getattr(fn, "__code__", None)
     if code is None:
-        call = getattr(type(fn), "__call__", None)
+        call = getattr(type(fn), "__call__", None)  # noqa: B004 - the method, not callable()
         code = getattr(call, "__code__", None)
         if code is None:
             return False
@@ -147,7 +151,7 @@ def _wants_context(fn):
         offset = 1 if hasattr(fn, "__self__") else 0
     if code.co_flags & 0x04:  # *args
         return True
-    return code.co_argcount - offset >= 2
+    return bool(code.co_argcount - offset >= 2)
 
 
 _sandbox_main()

@@ -1,0 +1,170 @@
+"""The operator commands: `sandbox-executor run` and `sandbox-executor check`."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+IS_ROOT = os.geteuid() == 0
+CLI = [sys.executable, "-m", "sandbox_executor.cli"]
+
+
+def _cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("WORKSPACE_PATH", "BWRAP_PATH")}
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**base, **(env or {})},
+    )
+
+
+def test_run_success_exits_0(tmp_path: Path) -> None:
+    code = tmp_path / "h.py"
+    code.write_text(
+        "import sys\ndef handler(event):\n    print('out')\n    return [event, sys.stdin.read()]\n"
+    )
+    proc = _cli("run", "--language", "python", str(code), "--event", '{"a": 1}', "--stdin", "in")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["status"] == "success"
+    assert result["return_value"] == [{"a": 1}, "in"]
+    assert result["stdout"] == "out\n"
+    assert set(result) >= {
+        "status", "exit_code", "stdout", "stderr", "execution_time", "return_value", "metrics",
+        "artifacts", "termination_reason", "stdout_truncated", "stderr_truncated", "artifact_details",
+    }  # fmt: skip
+
+
+def test_run_failure_exits_1(tmp_path: Path) -> None:
+    code = tmp_path / "fail.js"
+    code.write_text("throw new Error('boom');\n")
+    proc = _cli("run", "-l", "javascript", str(code))
+    assert proc.returncode == 1
+    result = json.loads(proc.stdout)
+    assert result["status"] == "failed" and "Error: boom" in result["stderr"]
+
+
+def test_run_timeout_exits_1(tmp_path: Path) -> None:
+    code = tmp_path / "slow.sh"
+    code.write_text("echo started\nsleep 30\n")
+    proc = _cli("run", "-l", "shell", str(code), "--timeout", "1")
+    assert proc.returncode == 1
+    result = json.loads(proc.stdout)
+    assert result["status"] == "timeout" and result["stdout"] == "started\n"
+    assert result["stderr"].endswith("Execution timeout after 1 seconds")
+
+
+def test_run_from_stdin_with_a_workspace(workspace: Path) -> None:
+    proc = subprocess.run(
+        [*CLI, "run", "-l", "shell", "-", "--workspace", str(workspace), "--env", "NAME=value"],
+        input='echo "$NAME" > result.txt\n', capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["artifacts"] == ["result.txt"]
+    assert (workspace / "result.txt").read_text() == "value\n"
+
+
+def test_run_rejects_bad_input(tmp_path: Path) -> None:
+    code = tmp_path / "h.py"
+    code.write_text("def handler(e): pass\n")
+    assert _cli("run", "-l", "python", str(code), "--timeout", "0").returncode == 2
+    assert _cli("run", "-l", "python", str(code), "--event", "[1]").returncode == 2
+    assert _cli("run", "-l", "python", str(tmp_path / "missing.py")).returncode == 2
+    assert _cli("run", "-l", "cobol", str(code)).returncode == 2
+
+
+def test_run_reports_a_sandbox_that_cannot_start_as_crashed(tmp_path: Path) -> None:
+    code = tmp_path / "h.sh"
+    code.write_text("echo hi\n")
+    proc = _cli("run", "-l", "shell", str(code), "--workspace", str(tmp_path / "does-not-exist"))
+    assert proc.returncode == 1
+    result = json.loads(proc.stdout)
+    assert result["status"] == "crashed" and result["termination_reason"] == "sandbox_error"
+    assert "does-not-exist" in result["stderr"]
+
+
+def test_check_passes_on_a_good_host(workspace: Path) -> None:
+    proc = _cli("check", env={"WORKSPACE_PATH": str(workspace)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("[ok  ] bwrap:") and "ran a test sandbox" in line for line in lines)
+    assert all(line.startswith("[ok  ]") for line in lines), proc.stdout
+
+
+def test_check_missing_bwrap(workspace: Path) -> None:
+    proc = _cli("check", env={"WORKSPACE_PATH": str(workspace), "BWRAP_PATH": "/nonexistent/bwrap"})
+    assert proc.returncode == 1
+    assert "[FAIL] bwrap" in proc.stdout and "apt-get install -y bubblewrap" in proc.stdout
+
+
+def test_check_missing_workspace(tmp_path: Path) -> None:
+    proc = _cli("check", env={"WORKSPACE_PATH": str(tmp_path / "nope")})
+    assert proc.returncode == 1
+    assert "[FAIL] workspace" in proc.stdout and f"mkdir -p {tmp_path / 'nope'}" in proc.stdout
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="a root-owned directory is only unwritable for someone else")
+def test_check_workspace_not_writable_by_the_sandbox_user(tmp_path: Path) -> None:
+    ws = Path(os.environ.get("TMPDIR", "/tmp")) / f"root-ws-{os.getpid()}"
+    ws.mkdir(mode=0o755, exist_ok=True)
+    try:
+        proc = _cli("check", env={"WORKSPACE_PATH": str(ws)})
+        assert proc.returncode == 1
+        assert "[FAIL] workspace" in proc.stdout and f"chown 65534:65534 {ws}" in proc.stdout
+    finally:
+        ws.rmdir()
+
+
+def test_check_missing_interpreter(workspace: Path) -> None:
+    proc = _cli("check", env={"WORKSPACE_PATH": str(workspace), "NODE_PATH": "/nonexistent/node"})
+    assert proc.returncode == 1
+    assert "[FAIL] node" in proc.stdout and "apt-get install -y nodejs" in proc.stdout
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to map a whole uid range into a user namespace")
+def test_check_explains_refused_user_namespaces(workspace: Path) -> None:
+    """In a user namespace whose user.max_user_namespaces is 0 (what a hardened host or a
+    container runtime does), bwrap cannot create its namespaces: the check says how to fix it."""
+    read_fd, write_fd = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: a new user namespace, then the check inside it
+        try:
+            os.close(read_fd)
+            os.close(go_w)
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(0x10000000) != 0:  # CLONE_NEWUSER
+                os._exit(90)
+            os.write(write_fd, b"1")
+            os.read(go_r, 1)  # the parent wrote our uid/gid maps
+            Path("/proc/sys/user/max_user_namespaces").write_text("0")
+            out = os.open(str(workspace / "check.out"), os.O_WRONLY | os.O_CREAT, 0o644)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            env = {**os.environ, "WORKSPACE_PATH": str(workspace)}
+            os.execve(sys.executable, [*CLI, "check"], env)
+        finally:
+            os._exit(91)
+    os.close(write_fd)
+    os.close(go_r)
+    assert os.read(read_fd, 1) == b"1"
+    Path(f"/proc/{pid}/uid_map").write_text("0 0 65536\n")
+    Path(f"/proc/{pid}/setgroups").write_text("allow")
+    Path(f"/proc/{pid}/gid_map").write_text("0 0 65536\n")
+    os.write(go_w, b"1")
+    _, status = os.waitpid(pid, 0)
+    output = (workspace / "check.out").read_text()
+    assert os.waitstatus_to_exitcode(status) == 1, output
+    assert "[FAIL] bwrap" in output, output
+    assert "user namespaces" in output and "max_user_namespaces" in output
