@@ -33,7 +33,7 @@ ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
     UV_NO_CACHE=1 \
     UV_PYTHON=/usr/bin/python3 \
     UV_PYTHON_DOWNLOADS=never \
-    UV_PROJECT_ENVIRONMENT=/opt/executor/venv \
+    UV_PROJECT_ENVIRONMENT=/srv/executor/venv \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_FROZEN=1
@@ -54,7 +54,7 @@ COPY src/ src/
 RUN printf '%s\n' hatchling==1.33.0 packaging==26.3 pathspec==1.1.1 pluggy==1.7.0 \
       trove-classifiers==2026.9.21.13 >/tmp/build-constraints.txt \
  && UV_BUILD_CONSTRAINT=/tmp/build-constraints.txt /opt/uv/bin/uv sync --no-dev --no-editable \
- && /opt/executor/venv/bin/python -c "import sandbox_executor.cli"
+ && /srv/executor/venv/bin/python -c "import sandbox_executor.cli"
 
 # ---------------------------------------------------------------------------------------
 FROM docker.io/library/debian:bookworm-slim
@@ -80,16 +80,19 @@ RUN apt-get update \
  && groupadd --gid 1000 sandbox \
  && useradd --uid 1000 --gid 1000 --home-dir /home/sandbox --create-home \
       --shell /bin/bash sandbox \
- && install -d -o 1000 -g 1000 -m 0755 /workspace /opt/sandbox-venv \
+ && install -d -o 1000 -g 1000 -m 0755 /workspace /opt \
       /var/lib/sandbox-executor /var/lib/sandbox-executor/results \
       /var/lib/sandbox-executor/state
 
-# Outside /usr, /lib*, /bin and /etc: invisible to sandboxed code, read-only to the daemon.
-COPY --from=builder /opt/executor/venv /opt/executor/venv
+# Outside /usr, /lib*, /bin, /etc and /opt: invisible to sandboxed code, read-only to the
+# daemon. /opt belongs to the daemon: session dependencies go to SANDBOX_VENV_PATH
+# (/opt/sandbox-venv, a symlink it swaps atomically, beside /opt/sandbox-venv.d), so /opt
+# must be writable for uid 1000 (a volume there when the root file system is read-only).
+COPY --from=builder /srv/executor/venv /srv/executor/venv
 # The control plane's start command runs `python -m executor.interfaces.http.rest` from /app.
 COPY executor/ /app/executor/
 
-ENV PATH=/opt/executor/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+ENV PATH=/srv/executor/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     EXECUTOR_HOST=0.0.0.0 \
@@ -106,7 +109,7 @@ USER 1000:1000
 EXPOSE 8080
 
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-  CMD ["/opt/executor/venv/bin/python", "-c", "import os, sys, urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:%s/health' % os.environ.get('EXECUTOR_PORT', '8080'), timeout=2).status == 200 else 1)"]
+  CMD ["/srv/executor/venv/bin/python", "-c", "import os, sys, urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:%s/health' % os.environ.get('EXECUTOR_PORT', '8080'), timeout=2).status == 200 else 1)"]
 
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["sandbox-executor", "serve"]

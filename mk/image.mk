@@ -35,5 +35,6 @@ hadolint: $(HADOLINT)
 	$(HADOLINT) --config .hadolint.yaml Dockerfile
 	@echo "hadolint: Dockerfile ok"
 
-image-test: hadolint image
-	/usr/bin/python3 scripts/image-test --image $(IMAGE)
+# setup: the project's venv runs the test (its loopback package index needs `packaging`).
+image-test: setup hadolint image
+	.venv/bin/python scripts/image-test --image $(IMAGE)

@@ -140,7 +140,9 @@ def test_every_written_path_is_a_volume(name: str, spec: dict[str, Any]) -> None
     state = Path(env.get("STATE_DIR") or image_env["STATE_DIR"])
     default_venv = str(Settings.model_fields["sandbox_venv_path"].default)
     venv = env.get("SANDBOX_VENV_PATH") or image_env.get("SANDBOX_VENV_PATH") or default_venv
-    for path in (workspace, str(results.parent), str(state.parent), venv, "/tmp"):
+    # SANDBOX_VENV_PATH is a symlink the daemon replaces atomically beside "<path>.d": the
+    # directory holding it must be writable, not just the path.
+    for path in (workspace, str(results.parent), str(state.parent), str(Path(venv).parent), "/tmp"):
         assert path in mounts, f"{path} is written but not mounted"
         assert "emptyDir" in volumes[mounts[path]] or "persistentVolumeClaim" in volumes[mounts[path]]
 
@@ -176,7 +178,8 @@ def test_dockerfile_matches_the_manifests() -> None:
     assert env["PYTHON_PATH"] == "/usr/bin/python3"
     # The daemon's virtualenv must stay outside what a sandbox binds (/usr, /lib*, /bin, /etc).
     venv_bin = env["PATH"].split(":")[0]
-    assert venv_bin.startswith("/opt/") and not venv_bin.startswith(("/usr", "/lib", "/bin", "/etc"))
+    assert venv_bin.endswith("/venv/bin")
+    assert not venv_bin.startswith(("/usr", "/lib", "/bin", "/sbin", "/etc", "/opt", "/workspace"))
     for name in env:
         assert name.lower() in Settings.model_fields or name in {
             "PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE",
