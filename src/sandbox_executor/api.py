@@ -62,6 +62,8 @@ class Health(BaseModel):
     isolation: Literal["bwrap", "none"]
     warm_sandboxes: int = 0
     warm_pool_memory_bytes: int = 0
+    results_pending_delivery: int = 0
+    results_undeliverable: int = 0
 
 
 class Unhealthy(BaseModel):
@@ -291,6 +293,8 @@ def create_app(service: ExecutionService) -> FastAPI:
         if problem is not None:
             return JSONResponse({"status": "unhealthy", "reason": problem}, status_code=503)
         pool_stats = service.pool.stats() if service.pool is not None else {}
+        reporter = service.reporter
+        report_stats = reporter.stats() if reporter is not None and hasattr(reporter, "stats") else {}
         return Health(
             status="healthy",
             version=__version__,
@@ -300,6 +304,8 @@ def create_app(service: ExecutionService) -> FastAPI:
             isolation=settings.isolation,
             warm_sandboxes=int(pool_stats.get("warm_sandboxes", 0)),
             warm_pool_memory_bytes=int(pool_stats.get("memory_bytes", 0)),
+            results_pending_delivery=int(report_stats.get("pending", 0)),
+            results_undeliverable=int(report_stats.get("undeliverable", 0)),
         )
 
     @app.get(

@@ -375,6 +375,10 @@ class ControlPlaneReporter:
         """
         if not EXECUTION_ID_RE.match(execution_id):
             raise ValueError("invalid execution_id")
+        if self._base_url is None:
+            # Standalone: nothing will ever deliver these, so the outbox would only grow.
+            # The service keeps results in memory for GET /executions/{id}.
+            return
         submitted_at = time.time()
         bound = log.bind(execution_id=execution_id, session_id=session_id)
         if execution_id in self._pending or execution_id in self._delivered_ids:

@@ -39,6 +39,9 @@ def configure_logging(level: str = "INFO", container_id: str | None = None) -> N
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True
+    # One INFO line per callback (every heartbeat) is noise; the reporter logs outcomes.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     # Access lines would carry query strings only; keep them at the daemon's level.
     structlog.configure(
         processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

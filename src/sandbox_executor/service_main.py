@@ -44,6 +44,10 @@ class _Daemon:
         self.exit_code = 0
         self._signalled: int | None = None
 
+    @property
+    def signalled(self) -> bool:
+        return self._signalled is not None
+
     def on_signal(self, signum: int) -> None:
         if self._signalled is not None:
             # A second signal during shutdown: leave now, whatever is in flight.
@@ -65,15 +69,14 @@ class _Daemon:
         except Exception:
             log.exception("abort_failed")
         if self.reporter is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    self.reporter.announce_exited(
-                        self.exit_code, _EXIT_REASONS.get(signum, signum.name.lower())
-                    ),
-                    max(0.05, deadline - loop.time() - 0.3),
-                )
-            with contextlib.suppress(Exception):
-                await self.reporter.flush(max(0.05, deadline - loop.time() - 0.2))
+            reason = _EXIT_REASONS.get(signum, signum.name.lower())
+            remaining = max(0.05, deadline - loop.time() - 0.2)
+            # The exit notice and the results' delivery share the remaining budget.
+            await asyncio.gather(
+                asyncio.wait_for(self.reporter.announce_exited(self.exit_code, reason), remaining),
+                self.reporter.flush(remaining),
+                return_exceptions=True,
+            )
         if self.server is not None:
             self.server.should_exit = True
 
@@ -165,4 +168,12 @@ def serve() -> int:
                 f"sandbox-executor: {check.name}: {check.detail}\n  remedy: {check.remedy}", file=sys.stderr
             )
         return 1
-    return asyncio.run(_Daemon(settings).run())
+    daemon = _Daemon(settings)
+    code = asyncio.run(daemon.run())
+    if daemon.signalled:
+        # Interpreter teardown (FastAPI/pydantic) takes up to half a second we do not have
+        # inside the 2 s shutdown budget; everything durable is already on disk.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
