@@ -20,6 +20,8 @@ from .models import ArtifactDetail
 # (mtime_ns, ctime_ns, size, inode) of a regular file; enough to notice any rewrite.
 FileState = tuple[int, int, int, int]
 Change = Literal["created", "modified"]
+# Directory levels scanned below the workspace root (see snapshot()).
+MAX_DEPTH = 128
 
 
 @dataclass
@@ -54,6 +56,11 @@ def snapshot(root: str, max_files: int) -> Snapshot:
             # Hidden directories are pruned; so are names we could not report anyway.
             dirnames[:] = [d for d in dirnames if _visible(d) and _valid_text(d)]
             rel_dir = os.path.relpath(dirpath, root)
+            # fwalk recurses once per level: a hostile deep tree would end in RecursionError
+            # and fail every later run in this workspace. Deeper levels are not scanned.
+            if rel_dir != "." and rel_dir.count("/") + 1 >= MAX_DEPTH and dirnames:
+                dirnames[:] = []
+                snap.truncated = True
             for name in filenames:
                 seen += 1
                 if seen > max_files:
@@ -74,12 +81,25 @@ def snapshot(root: str, max_files: int) -> Snapshot:
     return snap
 
 
-def changed_files(before: Snapshot, after: Snapshot) -> list[tuple[str, Change]]:
-    """Sorted (path, "created"|"modified") pairs: pure comparison of two snapshots."""
+# Slack for the kernel's coarse file timestamps (a jiffy behind the fine-grained clock).
+TIMESTAMP_SLACK_NS = 20_000_000
+
+
+def changed_files(
+    before: Snapshot, after: Snapshot, since_ns: int | None = None
+) -> list[tuple[str, Change]]:
+    """Sorted (path, "created"|"modified") pairs: pure comparison of two snapshots.
+
+    When ``before`` was cut short by its file cap, a path missing from it may simply not
+    have been scanned; it then counts as created only if its ctime is not older than
+    ``since_ns`` (the run's start on the wall clock), never from its absence alone.
+    """
     changes: list[tuple[str, Change]] = []
     for path, state in after.files.items():
         old = before.files.get(path)
         if old is None:
+            if before.truncated and since_ns is not None and state[1] < since_ns - TIMESTAMP_SLACK_NS:
+                continue
             changes.append((path, "created"))
         elif old != state:
             changes.append((path, "modified"))

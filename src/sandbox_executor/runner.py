@@ -83,7 +83,9 @@ def _limits_preexec(limits: Limits) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_NPROC, (limits.pids, limits.pids))
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_bytes, limits.file_size_bytes))
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
+        # SIGKILL one second after SIGXCPU: the sandbox's init ignores SIGXCPU (default
+        # actions of kernel signals do not apply to a PID namespace's init).
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     return apply
@@ -273,6 +275,7 @@ class Sandbox:
             None, artifacts.snapshot, workspace, self.settings.artifact_max_files
         )
         started = time.monotonic()
+        started_wall_ns = time.time_ns()
         deadline = started + job.timeout
         feeders = [
             asyncio.ensure_future(self._feed(self._input_w, launch_message(job))),
@@ -295,7 +298,7 @@ class Sandbox:
         after = await loop.run_in_executor(
             None, artifacts.snapshot, workspace, self.settings.artifact_max_files
         )
-        changes = artifacts.changed_files(before, after)
+        changes = artifacts.changed_files(before, after, started_wall_ns)
         cap = self.settings.artifact_max_reported
         details = await loop.run_in_executor(
             None, artifacts.describe, workspace, changes[:cap], self.settings.artifact_max_hash_bytes

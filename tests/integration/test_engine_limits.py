@@ -322,3 +322,55 @@ async def test_concurrent_runs_do_not_mix(run_code: RunCode) -> None:
     results = await asyncio.gather(*(run_code(code, event={"i": i}) for i in range(4)))
     assert [r.return_value for r in results] == [0, 1, 2, 3]
     assert [r.stdout for r in results] == ["0\n", "1\n", "2\n", "3\n"]
+
+
+async def test_tmp_is_a_size_capped_tmpfs(run_code: RunCode, make_settings: Any) -> None:
+    settings = make_settings(tmpfs_size_mb=8)
+    code = _code(
+        """
+        import os
+        def handler(event):
+            written = 0
+            try:
+                with open("/tmp/fill", "wb") as f:
+                    for _ in range(64):
+                        f.write(b"x" * (1 << 20))
+                        f.flush()
+                        written += 1
+            except OSError as exc:
+                return [written, exc.errno, os.listdir("/tmp")]
+            return [written, None, os.listdir("/tmp")]
+        """
+    )
+    result = await run_code(code, settings=settings)
+    written, errno_, listing = result.return_value
+    assert errno_ == 28 and written <= 8  # ENOSPC at the cap
+    assert listing == ["fill"]  # fresh: nothing of the host's /tmp
+
+
+async def test_open_files_rlimit(run_code: RunCode, make_settings: Any) -> None:
+    settings = make_settings(max_open_files=100)
+    code = _code(
+        """
+        import os
+        def handler(event):
+            fds = []
+            try:
+                while len(fds) < 10000:
+                    fds.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError as exc:
+                return [len(fds), exc.errno]
+        """
+    )
+    result = await run_code(code, settings=settings)
+    opened, errno_ = result.return_value
+    assert errno_ == 24 and opened < 100  # EMFILE
+
+
+async def test_cpu_time_rlimit_is_a_backstop(run_code: RunCode, make_settings: Any) -> None:
+    settings = make_settings(cpu_time_limit_seconds=1)
+    spin = "def handler(event):\n    while True:\n        pass\n"
+    result = await run_code(spin, settings=settings, timeout=10)
+    assert result.status == Status.FAILED
+    assert result.termination_reason == TerminationReason.SIGNALED
+    assert result.execution_time < 4

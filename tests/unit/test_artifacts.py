@@ -121,3 +121,29 @@ def test_guess_mime_by_content_and_extension() -> None:
     assert guess_mime("report.pdf", b"%PDF-1.4\n") == "application/pdf"
     assert guess_mime("data.csv", b"a,b\n1,2\n") == "text/csv"
     assert guess_mime("empty", b"") == "application/octet-stream"
+
+
+def test_truncated_before_snapshot_does_not_invent_creations() -> None:
+    start = 10_000_000_000
+    before = Snapshot(files={"seen": (1, 1, 1, 1)}, truncated=True)
+    after = _snap(seen=(1, 1, 1, 1), old_unscanned=(5, 5, 1, 2), fresh=(start, start, 1, 3))
+    assert changed_files(before, after, since_ns=start) == [("fresh", "created")]
+    # Without truncation, absence alone means created.
+    assert changed_files(Snapshot(files=before.files), after, since_ns=start) == [
+        ("fresh", "created"),
+        ("old_unscanned", "created"),
+    ]
+
+
+def test_snapshot_of_a_large_tree_is_bounded_in_time(tmp_path: Path) -> None:
+    import time
+
+    for d in range(20):
+        sub = tmp_path / f"d{d}"
+        sub.mkdir()
+        for i in range(500):
+            (sub / f"f{i}").touch()
+    started = time.monotonic()
+    snap = snapshot(str(tmp_path), max_files=2000)
+    assert time.monotonic() - started < 2
+    assert snap.truncated and len(snap.files) == 2000
