@@ -97,6 +97,9 @@ def start_server(
         "LOG_LEVEL": "INFO",
         "HEARTBEAT_INTERVAL": "5",
     }
+    # SANDBOX_TEST_WARM_POOL=0/N runs every test daemon cold / with a pool (tests/support/warm.py).
+    if os.environ.get("SANDBOX_TEST_WARM_POOL", "").strip():
+        full_env["WARM_POOL_SIZE"] = os.environ["SANDBOX_TEST_WARM_POOL"].strip()
     full_env.update(env or {})
     argv = [sys.executable, "-m", "sandbox_executor.cli", "serve"]
     if run_as is not None:
