@@ -18,10 +18,18 @@ def _settings(**overrides: object) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
 
 
+def _logs_to_stderr() -> None:
+    """Operator commands print their answer on stdout: keep log lines off it."""
+    import structlog
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .models import ExecuteRequest
 
+    _logs_to_stderr()
     code = Path(args.file).read_text(encoding="utf-8") if args.file != "-" else sys.stdin.read()
     event = json.loads(args.event) if args.event else None
     workspace = os.path.abspath(args.workspace) if args.workspace else None
@@ -54,6 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    _logs_to_stderr()
     settings = Settings()
     failed = 0
     for result in run_checks(settings, include_results_dir=False):

@@ -61,26 +61,34 @@ class Limits:
     file_size_bytes: int
     open_files: int
     cpu_seconds: int
+    # RLIMIT_NPROC of bwrap itself. The kernel counts a uid's processes per user
+    # namespace, and checks every ancestor level against the rlimit its creator had: this
+    # value caps all sandboxes together (room for every concurrent one), while each
+    # sandbox's init lowers its own rlimit to ``pids`` inside its namespace (runtimes.py),
+    # so one fork bomb cannot starve the sandboxes running beside it.
+    pids_total: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
         cpu = settings.cpu_time_limit_seconds or (settings.max_timeout_seconds * 2 + 10)
+        slots = settings.max_concurrent_executions + settings.warm_pool_size + 1
         return cls(
             memory_bytes=settings.memory_limit_mb * MIB,
             pids=settings.pids_limit,
             file_size_bytes=settings.max_file_size_mb * MIB,
             open_files=settings.max_open_files,
             cpu_seconds=cpu,
+            pids_total=settings.pids_limit * slots,
         )
 
 
-def _limits_preexec(limits: Limits) -> Callable[[], None]:
+def _limits_preexec(limits: Limits, nproc: int) -> Callable[[], None]:
     def apply() -> None:
         # Runs in the child between fork and exec, after the uid switch: the limits bind
         # bwrap and everything below it. RLIMIT_DATA (not AS) so node can reserve its
         # address space while real allocations stay capped.
         resource.setrlimit(resource.RLIMIT_DATA, (limits.memory_bytes, limits.memory_bytes))
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits.pids, limits.pids))
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_bytes, limits.file_size_bytes))
         resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
         # SIGKILL one second after SIGXCPU: the sandbox's init ignores SIGXCPU (default
@@ -142,6 +150,9 @@ class Sandbox:
             argv = command
             cwd = str(self.settings.workspace_dir)
             env = dict(base_environment(self.settings, self.language))
+        # Under bwrap the per-sandbox cap is set by the sandbox's init itself; without bwrap
+        # there is no user namespace to count in, so this rlimit is the cap itself.
+        nproc = max(self.limits.pids_total, self.limits.pids) if spec_factory else self.limits.pids
         kwargs: dict[str, Any] = {}
         if uid_gid is not None:
             kwargs.update(user=uid_gid[0], group=uid_gid[1], extra_groups=[])
@@ -159,7 +170,7 @@ class Sandbox:
                 cwd=cwd,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_limits_preexec(self.limits),
+                preexec_fn=_limits_preexec(self.limits, nproc),
                 **kwargs,
             )
         except OSError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -34,7 +35,7 @@ NODE_BOOTSTRAP = _bootstrap("node_bootstrap.js")
 # Reads the launch script from fd 3 (exports + event file + user code) and runs it as the
 # script itself, so `exit`, `$LINENO` and errors behave as in a plain bash script.
 SHELL_BOOTSTRAP = (
-    f'printf {STARTED_MARKER.decode()} >&"$2"; eval "exec $2>&-"; '
+    f'ulimit -u "$3" || exit 126; printf {STARTED_MARKER.decode()} >&"$2"; eval "exec $2>&-"; '
     'exec bash --noprofile --norc "/dev/fd/$1"'
 )
 
@@ -58,18 +59,28 @@ def interpreter_command(
     """The command run inside the sandbox, before any request is known.
 
     ``input_fd`` carries the launch message in; ``result_fd`` the handler's outcome out.
+    Every command first lowers its own RLIMIT_NPROC to ``pids_limit``: set inside the
+    sandbox's user namespace, that cap counts this sandbox's processes only (see
+    runner.Limits.pids_total for the looser cap over all of them).
     """
+    pids = str(settings.pids_limit)
     fds = [str(input_fd), str(result_fd)]
     if language == "python":
         # -I: ignore PYTHON* variables and user site; -S: skip site (3-5 ms of start-up; the
         # bootstrap adds the paths it needs); -u: unbuffered, so output before a timeout
         # is kept; -B: no .pyc writes into the workspace.
-        return [settings.python_path, "-I", "-S", "-u", "-B", "-c", PYTHON_BOOTSTRAP, *fds]
+        return [settings.python_path, "-I", "-S", "-u", "-B", "-c", PYTHON_BOOTSTRAP, *fds, pids]
     if language == "javascript":
         heap_mb = max(32, settings.memory_limit_mb * 3 // 4)
-        return [settings.node_path, f"--max-old-space-size={heap_mb}", "-e", NODE_BOOTSTRAP, *fds]
+        node = [settings.node_path, f"--max-old-space-size={heap_mb}", "-e", NODE_BOOTSTRAP, *fds]
+        # node has no setrlimit(): util-linux prlimit sets it and execs node (about 1 ms).
+        prlimit = shutil.which("prlimit", path="/usr/bin:/bin")
+        if prlimit is not None:
+            return [prlimit, f"--nproc={pids}:{pids}", "--", *node]
+        wrapper = f'ulimit -u {pids} && exec "$@"'
+        return [settings.bash_path, "--noprofile", "--norc", "-c", wrapper, "bash", *node]
     if language == "shell":
-        return [settings.bash_path, "--noprofile", "--norc", "-c", SHELL_BOOTSTRAP, "bash", *fds]
+        return [settings.bash_path, "--noprofile", "--norc", "-c", SHELL_BOOTSTRAP, "bash", *fds, pids]
     raise ValueError(f"unsupported language {language!r}")
 
 

@@ -168,3 +168,13 @@ def test_check_explains_refused_user_namespaces(workspace: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 1, output
     assert "[FAIL] bwrap" in output, output
     assert "user namespaces" in output and "max_user_namespaces" in output
+
+
+def test_run_keeps_log_lines_off_stdout(tmp_path: Path) -> None:
+    code = tmp_path / "h.sh"
+    code.write_text("echo hi\n")
+    # DISABLE_BWRAP makes the engine log a warning on every run: it must go to stderr.
+    proc = _cli("run", "-l", "shell", str(code), env={"DISABLE_BWRAP": "true"})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["stdout"] == "hi\n"
+    assert "isolation_disabled" in proc.stderr

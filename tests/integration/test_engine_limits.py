@@ -374,3 +374,32 @@ async def test_cpu_time_rlimit_is_a_backstop(run_code: RunCode, make_settings: A
     assert result.status == Status.FAILED
     assert result.termination_reason == TerminationReason.SIGNALED
     assert result.execution_time < 4
+
+
+async def test_a_fork_bomb_does_not_starve_a_concurrent_sandbox(
+    run_code: RunCode, make_settings: Any, host: Any, marker: str
+) -> None:
+    settings = make_settings(pids_limit=32, max_concurrent_executions=2)
+    bomb = _code(
+        f"""
+        echo "pidns=$(readlink /proc/self/ns/pid)"
+        exec -a {marker} bash -c 'b() {{ b | b & }}; b; sleep 300'
+        """
+    )
+    worker = _code(
+        """
+        import subprocess, time
+        def handler(event):
+            time.sleep(0.7)  # the bomb has filled its cap by now
+            return [subprocess.run(["true"]).returncode for _ in range(10)]
+        """
+    )
+    bombed, worked = await asyncio.gather(
+        run_code(bomb, "shell", settings=settings, timeout=3),
+        run_code(worker, settings=settings, timeout=10),
+    )
+    assert bombed.status == Status.TIMEOUT
+    assert "retry" in bombed.stderr or "Resource temporarily unavailable" in bombed.stderr
+    assert worked.status == Status.SUCCESS, worked.stderr
+    assert worked.return_value == [0] * 10
+    assert host.processes_with(marker=marker, pidns=_pidns(bombed.stdout)) == []

@@ -16,6 +16,12 @@ def _sandbox_main() -> None:
     import json
 
     input_fd, output_fd = int(sys.argv[1]), int(sys.argv[2])
+    if len(sys.argv) > 3:
+        import resource
+
+        # This sandbox's own process cap, counted in its user namespace (runtimes.py).
+        pids = int(sys.argv[3])
+        resource.setrlimit(resource.RLIMIT_NPROC, (pids, pids))
     # What every run needs, imported before the wait: a pre-started (warm) sandbox pays
     # for it while idle, not after the request arrived.
     import fcntl
