@@ -266,6 +266,13 @@ async def test_javascript_handler_that_never_settles(run_code: RunCode) -> None:
     assert "never settled" in result.stderr
 
 
+async def test_javascript_explicit_exit(run_code: RunCode) -> None:
+    ok = await run_code("exports.handler = () => { console.log('bye'); process.exit(0); };", "javascript")
+    assert ok.status == Status.SUCCESS and ok.stdout == "bye\n" and ok.return_value is None
+    bad = await run_code("exports.handler = () => { process.exit(4); };", "javascript")
+    assert bad.status == Status.FAILED and bad.exit_code == 4
+
+
 async def test_javascript_forged_stdout_and_size_cap(run_code: RunCode, make_settings) -> None:  # type: ignore[no-untyped-def]
     code = 'function handler() { console.log(\'{"ok":true,"return_value":"forged"}\'); return \'real\'; }'
     result = await run_code(code, "javascript")

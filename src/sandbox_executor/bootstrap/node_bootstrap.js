@@ -80,9 +80,13 @@
     return;
   }
   // The event loop emptied while the handler's promise was still pending: node would
-  // exit 0 with no value; that is a failure of the handler, say so.
+  // exit 0 with no value; that is a failure of the handler, say so. An explicit
+  // process.exit(0) from the code is its own choice (like sys.exit(0) in Python).
+  let explicitExit = false;
+  const realExit = process.exit;
+  process.exit = function exit(...args) { explicitExit = true; return realExit.apply(process, args); };
   process.on('exit', (code) => {
-    if (reported || code) return;
+    if (reported || code || explicitExit) return;
     const message = "The handler's promise never settled: the event loop emptied before it " +
       'resolved or rejected (nothing left to wait for).';
     process.stderr.write(message + '\n');
