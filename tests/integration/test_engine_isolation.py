@@ -280,3 +280,11 @@ def _read(path: str) -> bytes:
         return Path(path).read_bytes()
     except OSError:
         return b""
+
+
+async def test_dev_is_minimal(run_code: RunCode) -> None:
+    result = await run_code("import os\ndef handler(event):\n    return sorted(os.listdir('/dev'))\n")
+    devices = set(result.return_value)
+    assert {"null", "zero", "urandom", "random"} <= devices
+    assert not devices & {"sda", "vda", "mem", "kmem", "kmsg", "port", "mapper", "loop0", "tty0"}
+    assert len(devices) < 20, devices

@@ -403,3 +403,12 @@ async def test_a_fork_bomb_does_not_starve_a_concurrent_sandbox(
     assert worked.status == Status.SUCCESS, worked.stderr
     assert worked.return_value == [0] * 10
     assert host.processes_with(marker=marker, pidns=_pidns(bombed.stdout)) == []
+
+
+async def test_requested_timeout_is_clamped_to_the_maximum(run_code: RunCode, make_settings: Any) -> None:
+    settings = make_settings(max_timeout_seconds=1)
+    sleeper = "import time\ndef handler(e):\n    time.sleep(30)\n"
+    result = await run_code(sleeper, settings=settings, timeout=20)
+    assert result.status == Status.TIMEOUT
+    assert result.stderr.endswith("Execution timeout after 1 seconds")
+    assert result.execution_time < 1.5
