@@ -3,8 +3,9 @@
 For python, node and bash: N runs of a hello-world through ``Engine.execute`` (a fresh
 sandbox each time: bwrap, namespaces, seccomp, rlimits, the uid drop when root, the
 bootstrap, the launch message, output capture, the artifact scan), and N runs of the bare
-interpreter as a subprocess (``/usr/bin/python3 -c``, ``node -e``, ``bash -c``). Wall time
-of each run, as the caller sees it. No warm pool: every engine run starts its sandbox.
+interpreter as a subprocess (``/usr/bin/python3 -c``, ``node -e``, ``bash -c``) with the
+same minimal environment. Wall time of each run, as the caller sees it. No warm pool: every
+engine run starts its sandbox.
 
 Prints medians, p95 and the ratios engine/bare.
 
@@ -55,11 +56,16 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+# The sandbox starts from a cleared environment; so does the bare run. (This host sets
+# NODE_EXTRA_CA_CERTS, which alone makes a bare node ~40 ms slower.)
+BARE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"}
+
+
 def bare_runs(argv: list[str], count: int) -> list[float]:
     times = []
     for _ in range(count + 1):
         started = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, check=True)
+        proc = subprocess.run(argv, capture_output=True, check=True, env=BARE_ENV)
         times.append(time.perf_counter() - started)
         assert proc.stdout.strip() == b"hello", proc.stdout
     return times[1:]  # the first run warms the page cache
