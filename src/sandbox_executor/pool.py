@@ -52,9 +52,13 @@ LANGUAGES: tuple[Language, ...] = get_args(Language)
 DEFAULT_PINNED: tuple[Language, ...] = ("python",)
 # A language not asked for in this long stops being kept warm (its memory is given back).
 DEFAULT_IDLE_SECONDS = 900.0
-# After the taken sandbox's run ends, wait this long before spawning its replacement, so
-# the fork/exec does not delay the result's own processing and answer (a few ms of work).
-DEFAULT_REFILL_DELAY_SECONDS = 0.002
+# After the taken sandbox's run ends, wait this long before starting its replacement, so
+# that spawning it (and its boot, on a 2-core machine) does not compete with the result's
+# own processing, answer and callback (a few ms of work)...
+DEFAULT_REFILL_DELAY_SECONDS = 0.02
+# ...unless requests for the language recently found the pool empty (a burst): then the
+# replacement starts at once, since a half-booted sandbox still beats a cold start.
+BURST_WINDOW_SECONDS = 10.0
 # A waiting sandbox that dies on its own (or fails to start) backs off its language's
 # refills: 0.5 s, 1 s, 2 s ... up to a minute, so a broken host does not spin.
 _BACKOFF_FIRST = 0.5
@@ -94,6 +98,7 @@ class _Lane:
     last_used: float = 0.0
     pinned: bool = False
     failures: int = 0
+    last_miss: float = float("-inf")
     refill_timer: asyncio.TimerHandle | None = None
     expiry_timer: asyncio.TimerHandle | None = None
 
@@ -217,10 +222,11 @@ class WarmPool:
             POOL_TAKES.labels(language, "hit").inc()
             return warm.sandbox
         self.misses += 1
+        lane.last_miss = time.monotonic()
         POOL_TAKES.labels(language, "miss").inc()
-        # The cold start the engine is about to make is the replacement for this request;
-        # start one for the next request too (it boots while this one runs).
-        self._schedule_refill(language, self.refill_delay)
+        # The engine starts this request's sandbox cold; start one for the next request
+        # too (it boots while this one runs).
+        self._schedule_refill(language, 0.0)
         return None
 
     def _unusable(self, warm: _Warm, fingerprint: tuple[Any, ...]) -> str | None:
@@ -328,7 +334,8 @@ class WarmPool:
             # The run it served is over: start its successor.
             if sandbox.used:
                 lane.failures = 0
-            self._schedule_refill(language, self.refill_delay)
+            burst = time.monotonic() - lane.last_miss < BURST_WINDOW_SECONDS
+            self._schedule_refill(language, 0.0 if burst else self.refill_delay)
             return
         for warm in lane.waiting:
             if warm.sandbox is sandbox:

@@ -397,3 +397,62 @@ async def test_exit_after_success_keeps_interpreter_exit_semantics(
     assert result.stdout == "thread finished\natexit ran\n"
     assert (pool_dirs["workspace"] / "unclosed.txt").read_text() == "buffered"
     assert result.execution_time >= 0.2
+
+
+USER_TRACEBACK = """
+    import traceback
+    def handler(event):
+        try:
+            raise KeyError("missing")  # the line the trace must show
+        except KeyError:
+            traceback.print_exc()
+        return "handled"
+"""
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+async def test_user_tracebacks_show_the_submitted_source(
+    pool_settings: Settings, pool_dirs: dict[str, Path], warm: bool
+) -> None:
+    # The bootstrap registers the source with linecache only when something imports it;
+    # a workspace file with the handler's name must not be shown instead.
+    decoy = pool_dirs["workspace"] / "handler.py"
+    decoy.write_text("DECOY LINE 1\nDECOY LINE 2\nDECOY LINE 3\nDECOY LINE 4\n")
+    decoy.chmod(0o644)
+    if warm:
+        async with warm_engine(pool_settings) as (engine, pool):
+            result = await run_warm(engine, pool, request(USER_TRACEBACK))
+    else:
+        result = await Engine(pool_settings).execute(request(USER_TRACEBACK))
+    assert result.status == Status.SUCCESS and result.return_value == "handled", result.stderr
+    assert 'File "handler.py", line 4, in handler' in result.stderr
+    assert 'raise KeyError("missing")  # the line the trace must show' in result.stderr
+    assert "DECOY" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ('{"t": "é ☃ \\u2028", "n": [1, 2.5, -0.0, None, True], "big": 2**70, "e": event}', None),
+        ("{1: 'int key', None: 'none key'}", {"1": "int key", "null": "none key"}),
+        ("{1, 2}", "TypeError: Object of type set is not JSON serializable"),
+        ("float('nan')", "ValueError: Out of range float values are not JSON compliant"),
+    ],
+)
+async def test_return_values_are_encoded_like_json_dumps(
+    pool_settings: Settings, expression: str, expected: Any
+) -> None:
+    import json
+
+    event = {"k": ["v", 1.5, {"deep": None}], "u": "ü"}
+    code = f"def handler(event):\n    return {expression}\n"
+    async with warm_engine(pool_settings) as (engine, pool):
+        result = await run_warm(engine, pool, request(code, event=event))
+    if isinstance(expected, str):
+        assert result.status == Status.FAILED
+        assert expected in result.stderr and "NonSerializableReturn" not in result.stdout
+    else:
+        assert result.status == Status.SUCCESS, result.stderr
+        namespace: dict[str, Any] = {"event": event}
+        want = expected if expected is not None else json.loads(json.dumps(eval(expression, namespace)))
+        assert result.return_value == want
