@@ -16,6 +16,9 @@ MAX_ENV_BYTES = 64 * 1024
 MAX_ENV_VARS = 256
 # Variables that would let user-provided values steer the sandbox's own bootstrap.
 RESERVED_ENV_NAMES = frozenset({"SANDBOX_EVENT_FILE"})
+# Nesting depth allowed in events and return values: the JSON serializer of responses and
+# callbacks gives up near 250 levels, so anything deeper could be accepted but never answered.
+MAX_JSON_DEPTH = 128
 
 Language = Literal["python", "javascript", "shell"]
 # Schema-level constraints, so /openapi.json tells clients what is accepted; the validators
@@ -104,10 +107,14 @@ class ExecuteRequest(BaseModel):
         if self.event is None and self.stdin:
             try:
                 parsed = json.loads(self.stdin)
-            except ValueError:
+            except (ValueError, RecursionError):
                 parsed = None
             if isinstance(parsed, dict):
                 self.event = parsed
+        # The event only travels to the sandbox (ASCII-escaped), so only its depth matters.
+        problem = json_problem(self.event, text=False)
+        if problem is not None:
+            raise ValueError(f"event: {problem}")
         return self
 
     def effective_event(self) -> dict[str, Any]:
@@ -163,3 +170,28 @@ class ExecutionResult(BaseModel):
     def callback_body(self) -> dict[str, Any]:
         """JSON body for the control plane's result route (never NaN/Infinity)."""
         return self.model_dump(mode="json")
+
+
+def json_problem(value: Any, max_depth: int = MAX_JSON_DEPTH, *, text: bool = True) -> str | None:
+    """Why ``value`` (parsed JSON) cannot be answered as JSON, or None if it can.
+
+    Iterative, so hostile depth cannot exhaust the stack: too deeply nested, or (``text``)
+    a string holding a lone surrogate (a legal JSON escape that UTF-8 cannot encode).
+    """
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str) and text:
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "contains a lone surrogate, which is not Unicode text"
+        elif isinstance(item, dict | list):
+            if depth >= max_depth:
+                return f"nested deeper than {max_depth} levels"
+            if isinstance(item, dict):
+                stack.extend((k, depth) for k in item)
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
+    return None

@@ -24,7 +24,15 @@ import structlog
 from . import artifacts
 from .capture import BoundedCapture, capture_fd
 from .config import MIB, Settings
-from .models import ExecuteRequest, ExecutionResult, Language, Metrics, Status, TerminationReason
+from .models import (
+    ExecuteRequest,
+    ExecutionResult,
+    Language,
+    Metrics,
+    Status,
+    TerminationReason,
+    json_problem,
+)
 from .runtimes import (
     STARTED_MARKER,
     LaunchJob,
@@ -381,11 +389,18 @@ class Sandbox:
         elif outcome is not None and outcome.get("ok") is True and returncode == 0:
             status, reason = Status.SUCCESS, TerminationReason.EXITED
             return_value = outcome.get("return_value")
+            # The result channel is written by user code: what it holds must still make a
+            # valid JSON answer and callback (no lone surrogates, bounded depth).
+            problem = json_problem(return_value)
+            if problem is not None:
+                status, return_value, exit_code = Status.FAILED, None, 1
+                error = f"The handler's return value cannot be reported: it {problem}."
+                stderr = f"{stderr}{error}\n"
         elif outcome is not None and outcome.get("ok") is False:
             status = Status.FAILED
             kind = outcome.get("error_type")
             reason = TerminationReason.MEMORY_LIMIT if kind == "MemoryError" else TerminationReason.EXITED
-            error = str(outcome.get("error", ""))[-2000:] or None
+            error = _text(str(outcome.get("error", ""))[-2000:]) or None
             if exit_code == 0:
                 exit_code = 1
         elif returncode == 0:
@@ -424,14 +439,25 @@ class Sandbox:
         )
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _parse_outcome(raw: bytes) -> dict[str, Any] | None:
     if not raw:
         return None
     try:
-        doc = json.loads(raw)
-    except ValueError:
+        # NaN/Infinity are not JSON (the control plane rejects them); hostile nesting ends
+        # in RecursionError, not ValueError.
+        doc = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def _text(value: str) -> str:
+    """``value`` with lone surrogates (from user-written JSON escapes) replaced."""
+    return value.encode("utf-8", "replace").decode("utf-8")
 
 
 def job_from_request(request: ExecuteRequest, settings: Settings) -> LaunchJob:
