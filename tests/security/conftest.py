@@ -18,6 +18,8 @@ import pytest
 from sandbox_executor.config import Settings
 from sandbox_executor.engine import Engine
 from sandbox_executor.models import ExecuteRequest, ExecutionResult, Language
+from tests.security.helpers import Daemon, start_daemon
+from tests.support import warm
 
 EngineRun = Callable[..., Awaitable[ExecutionResult]]
 
@@ -61,6 +63,23 @@ def run_engine(engine_workspace: Path) -> EngineRun:
         request = ExecuteRequest(
             execution_id="sec-probe", code=code, language=language, timeout=timeout, event=event
         )
-        return await engine.execute(request)
+        # SANDBOX_TEST_WARM_POOL=N: through a pre-started sandbox (tests/support/warm.py).
+        return await warm.execute(engine, request)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[Daemon]:
+    """One real daemon per test module (SECURITY_DAEMON_USER=nobody runs it unprivileged)."""
+    running = start_daemon()
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def fresh(daemon: Daemon) -> Iterator[Daemon]:
+    """The module's daemon with an empty workspace before and after the test."""
+    daemon.clean_workspace()
+    yield daemon
+    daemon.clean_workspace()

@@ -1,0 +1,260 @@
+"""Host data: nothing of the host, the daemon or its secrets is readable from a sandbox."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.security.helpers import LANGUAGES, SECRETS, Daemon, leaks
+from tests.support.server import REPO
+
+
+def _host_lines(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    # Only lines that cannot come from the sandbox's synthetic files.
+    return [ln for ln in lines if ln and not ln.startswith(("root:", "nobody:", "sandbox:", "#"))]
+
+
+def _targets(daemon: Daemon) -> dict[str, Any]:
+    return {
+        "daemon_pid": daemon.pid,
+        "results_dir": str(daemon.server.results_dir),
+        "log": str(daemon.server.log_path),
+        "source": str(REPO / "src" / "sandbox_executor" / "engine.py"),
+        "venv": str(Path(sys.prefix)),
+        "python": sys.executable,
+    }
+
+
+READ_HOST_FILES = {
+    "python": r'''
+import os
+def handler(event):
+    out = {}
+    for path in ["/etc/shadow", "/etc/passwd", "/etc/gshadow", "/root", "/home",
+                 f"/proc/{event['daemon_pid']}/environ", f"/proc/{event['daemon_pid']}/cmdline",
+                 event["results_dir"], event["log"], event["source"], event["venv"]]:
+        try:
+            if os.path.isdir(path):
+                out[path] = sorted(os.listdir(path))
+            else:
+                with open(path, "rb") as fh:
+                    out[path] = fh.read(1 << 20).decode("utf-8", "replace")
+        except OSError as exc:
+            out[path] = type(exc).__name__
+    for mod in ("sandbox_executor", "fastapi", "uvicorn"):
+        try:
+            __import__(mod)
+            out[mod] = "imported"
+        except ImportError:
+            out[mod] = "ImportError"
+    return out
+''',
+    "javascript": r'''
+const fs = require('fs');
+exports.handler = async (event) => {
+  const out = {};
+  for (const p of ['/etc/shadow', '/etc/passwd', '/etc/gshadow', '/root', '/home',
+                   `/proc/${event.daemon_pid}/environ`, `/proc/${event.daemon_pid}/cmdline`,
+                   event.results_dir, event.log, event.source, event.venv]) {
+    try {
+      out[p] = fs.statSync(p).isDirectory() ? fs.readdirSync(p) : fs.readFileSync(p, 'utf8');
+    } catch (e) { out[p] = e.code; }
+  }
+  return out;
+};
+''',
+    "shell": r'''
+ev=$(cat "$SANDBOX_EVENT_FILE")
+get() { printf '%s' "$ev" | sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",}]*\).*/\1/p"; }
+pid=$(get daemon_pid)
+for p in /etc/shadow /etc/passwd /etc/gshadow /proc/$pid/environ /proc/$pid/cmdline \
+         "$(get results_dir)" "$(get log)" "$(get source)"; do
+  echo "== $p"; cat "$p" 2>&1 | tr '\0' '\n'
+done
+for d in /root /home "$(get venv)" "$(get results_dir)"; do echo "== $d"; ls -la "$d" 2>&1; done
+true
+''',
+}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_host_files_daemon_and_executor_are_out_of_reach(daemon: Daemon, language: str) -> None:
+    targets = _targets(daemon)
+    result = daemon.attack(READ_HOST_FILES[language], language, event=targets)
+    assert result["status"] == "success", result["stderr"]
+    shadow = _host_lines("/etc/shadow")
+    passwd = _host_lines("/etc/passwd")
+    assert shadow and passwd
+    found = leaks(result, *shadow, *passwd, *SECRETS)
+    assert found == [], f"host data leaked: {found[:3]}"
+    if language == "python":
+        value = result["return_value"]
+        for key in ("/etc/shadow", "/etc/gshadow", "/root", "/home", targets["results_dir"],
+                    targets["log"], targets["source"], targets["venv"]):
+            assert value[key] in ("FileNotFoundError", "PermissionError"), (key, value[key])
+        for key in (f"/proc/{daemon.pid}/environ", f"/proc/{daemon.pid}/cmdline"):
+            # pid numbers are per namespace: either absent or some sandbox process, never the daemon.
+            assert "sandbox_executor" not in value[key], value[key]
+        assert value["sandbox_executor"] == value["fastapi"] == value["uvicorn"] == "ImportError"
+        # The synthetic passwd names only the sandbox's accounts.
+        users = {line.split(":")[0] for line in value["/etc/passwd"].splitlines()}
+        assert users <= {"root", "sandbox", "nobody"}
+    assert "sandbox_executor.cli" not in result["stdout"] + str(result["return_value"])
+
+
+HUNT_SECRETS = {
+    "python": r'''
+import os
+NEEDLES = (b"sec-executor-token-", b"sec-internal-token-", b"EXECUTOR_API_TOKEN", b"INTERNAL_API_TOKEN")
+SKIP = {"/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/proc", "/sys"}
+
+def grep(path, hits, limit=1 << 20):
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            if not os.path.isfile(path):
+                return
+            data = fh.read(limit)
+    except OSError:
+        return
+    for needle in NEEDLES:
+        at = data.find(needle)
+        if at >= 0:
+            hits.append([path, data[max(0, at - 20): at + 80].decode("utf-8", "replace")])
+
+def handler(event):
+    hits, scanned = [], 0
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() or pid in ("self", "thread-self"):
+            for name in ("environ", "cmdline"):
+                grep(f"/proc/{pid}/{name}", hits)
+                scanned += 1
+    for dirpath, dirs, files in os.walk("/"):
+        dirs[:] = [d for d in dirs if os.path.join(dirpath, d) not in SKIP]
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                grep(path, hits)
+                scanned += 1
+    for key, value in os.environ.items():
+        if "TOKEN" in key or "token" in value:
+            hits.append(["env", key + "=" + value])
+    return {"hits": hits, "scanned": scanned}
+''',
+    "javascript": r'''
+const fs = require('fs');
+const needles = ['sec-executor-token-', 'sec-internal-token-', 'EXECUTOR_API_TOKEN', 'INTERNAL_API_TOKEN'];
+exports.handler = async () => {
+  const hits = [];
+  const paths = [];
+  for (const pid of fs.readdirSync('/proc')) {
+    if (/^\d+$/.test(pid)) paths.push(`/proc/${pid}/environ`, `/proc/${pid}/cmdline`);
+  }
+  const walk = (dir) => {
+    let entries = [];
+    try { entries = fs.readdirSync(dir, { withFileTypes: true }); } catch (e) { return; }
+    for (const e of entries) {
+      const p = dir === '/' ? '/' + e.name : dir + '/' + e.name;
+      if (['/usr', '/lib', '/lib64', '/bin', '/sbin', '/proc', '/sys'].includes(p)) continue;
+      // bwrap's /dev entries are bind mounts over plain files: ask stat, not the dirent.
+      let st; try { st = fs.statSync(p); } catch (x) { continue; }
+      if (e.isDirectory()) walk(p); else if (st.isFile()) paths.push(p);
+    }
+  };
+  walk('/');
+  for (const p of paths) {
+    let data = '';
+    try { data = fs.readFileSync(p, 'latin1').slice(0, 1 << 20); } catch (e) { continue; }
+    for (const n of needles) if (data.includes(n)) hits.push([p, data.slice(data.indexOf(n), data.indexOf(n) + 80)]);
+  }
+  for (const [k, v] of Object.entries(process.env)) if (k.includes('TOKEN') || v.includes('token')) hits.push(['env', k + '=' + v]);
+  return { hits, scanned: paths.length };
+};
+''',
+    "shell": r'''
+pat='sec-executor-token-\|sec-internal-token-\|EXECUTOR_API_TOKEN\|INTERNAL_API_TOKEN'
+for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do
+  tr '\0' '\n' < "$f" 2>/dev/null | grep -H --label="$f" "$pat"
+done
+for d in /*; do
+  case "$d" in /usr|/lib|/lib32|/lib64|/libx32|/bin|/sbin|/proc|/sys) continue;; esac
+  grep -rIs "$pat" "$d" 2>/dev/null | cut -c1-200
+done
+env | grep -i token
+echo scanned
+''',
+}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_no_token_anywhere_in_the_sandbox(daemon: Daemon, language: str) -> None:
+    result = daemon.attack(HUNT_SECRETS[language], language, timeout=10)
+    assert result["status"] == "success", result["stderr"][-2000:]
+    assert leaks(result) == []
+    if language == "shell":
+        assert result["stdout"].strip() == "scanned", result["stdout"][-2000:]
+    else:
+        value = result["return_value"]
+        assert value["hits"] == [], value["hits"]
+        assert value["scanned"] > 10  # it did look
+
+
+FD_AND_ROOT_ESCAPES = r'''
+import os, stat
+def handler(event):
+    out = {"fds": {}, "roots": {}, "escape": []}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out["fds"][fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError as exc:
+            out["fds"][fd] = type(exc).__name__
+    for fd in map(int, list(out["fds"])):
+        # Any inherited directory descriptor could be walked upwards out of the sandbox.
+        try:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                up = os.open("../../../../..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                out["escape"].append([fd, sorted(os.listdir(up))])
+        except OSError:
+            pass
+    for pid in ("self", "1"):
+        for link in ("root", "cwd"):
+            try:
+                out["roots"][f"{pid}/{link}"] = [os.readlink(f"/proc/{pid}/{link}"),
+                                                 sorted(os.listdir(f"/proc/{pid}/{link}/"))]
+            except OSError as exc:
+                out["roots"][f"{pid}/{link}"] = type(exc).__name__
+    out["root_listing"] = sorted(os.listdir("/"))
+    try:
+        os.chroot("/tmp")
+        out["chroot"] = "ok"
+    except OSError as exc:
+        out["chroot"] = type(exc).__name__
+    out["targets_visible"] = [p for p in event["paths"] if os.path.exists(p)]
+    return out
+'''
+
+
+def test_no_escape_through_proc_root_or_inherited_descriptors(daemon: Daemon) -> None:
+    paths = [str(daemon.server.results_dir), str(REPO), str(Path(sys.prefix)), str(daemon.server.log_path)]
+    result = daemon.attack(FD_AND_ROOT_ESCAPES, event={"paths": paths})
+    assert result["status"] == "success", result["stderr"]
+    value = result["return_value"]
+    sandbox_root = set(value["root_listing"])
+    assert sandbox_root <= {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "tmp",
+                            "workspace", "proc", "dev", "opt"}, sandbox_root
+    # Every descriptor is a pipe, /dev/null or the like: nothing that names a host path.
+    for fd, target in value["fds"].items():
+        assert target.startswith(("pipe:", "/dev/", "anon_inode:", "/proc/")) or target == "FileNotFoundError", (fd, target)
+    # Walking up from any directory descriptor stops at the sandbox root.
+    for _, listing in value["escape"]:
+        assert set(listing) == sandbox_root
+    for key, got in value["roots"].items():
+        assert got[0] in ("/", "/workspace"), (key, got)
+    assert value["chroot"] == "PermissionError"
+    assert value["targets_visible"] == []

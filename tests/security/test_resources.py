@@ -1,0 +1,265 @@
+"""Resources: bombs, floods, full disks and immortal processes end with the execution."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.security.helpers import LANGUAGES, SUITE_ENV, Daemon
+
+MIB = 1024 * 1024
+FILE_CAP = int(SUITE_ENV["MAX_FILE_SIZE_MB"]) * MIB
+OUTPUT_CAP = int(SUITE_ENV["MAX_OUTPUT_BYTES"])
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+FORK_BOMB = {
+    "python": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+    "javascript": (
+        "const cp = require('child_process');\n"
+        "for (;;) { try { cp.spawn('sh', ['-c', 'while :; do :; done']); } catch (e) {} }\n"
+    ),
+    "shell": "bomb() { bomb | bomb & }\nbomb\nsleep 10\n",
+}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_fork_bomb(fresh: Daemon, language: str) -> None:
+    started = time.monotonic()
+    result = fresh.attack(FORK_BOMB[language], language, timeout=1)
+    assert result["status"] == "timeout", (result["status"], result["stderr"][-500:])
+    assert time.monotonic() - started < 15
+
+
+MEMORY_BOMB = {
+    "python": "def handler(event):\n    hog = []\n    while True:\n        hog.append(bytearray(16 << 20))\n",
+    "javascript": (
+        "exports.handler = async () => { const hog = []; "
+        "for (;;) hog.push(Buffer.alloc(16 << 20, 1)); };\n"
+    ),
+    "shell": "s=x\nwhile :; do s=$s$s; done\n",
+}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_memory_bomb(daemon: Daemon, language: str) -> None:
+    rss_before = _rss_kib(daemon.pid)
+    result = daemon.attack(MEMORY_BOMB[language], language, timeout=5)
+    assert result["status"] in ("failed", "timeout"), result["status"]
+    if result["status"] == "failed":
+        assert result["termination_reason"] in ("memory_limit", "signaled"), result
+    assert result["metrics"]["peak_memory_mb"] < int(SUITE_ENV["MEMORY_LIMIT_MB"]) * 1.5
+    # The daemon's own memory does not follow the sandbox's.
+    assert _rss_kib(daemon.pid) - rss_before < 64 * 1024
+
+
+FILL_DISKS = {
+    "python": r'''
+import os
+def fill(path, total):
+    written = 0
+    try:
+        with open(path, "wb") as fh:
+            while written < total:
+                written += fh.write(b"\0" * (1 << 20))
+                fh.flush()
+    except OSError as exc:
+        return [written, type(exc).__name__ + ":" + str(exc.errno)]
+    return [written, "ok"]
+def handler(event):
+    return {"tmp": fill("/tmp/fill", 64 << 20), "workspace": fill("/workspace/fill", 64 << 20)}
+''',
+    "javascript": r'''
+const fs = require('fs');
+exports.handler = async () => {
+  let written = 0, error = 'ok';
+  try {
+    const fd = fs.openSync('/tmp/fill', 'w');
+    for (; written < 64 << 20; ) written += fs.writeSync(fd, Buffer.alloc(1 << 20));
+  } catch (e) { error = e.code; }
+  return { tmp: [written, error] };
+};
+''',
+    "shell": r'''
+head -c 64M /dev/zero > /tmp/fill; echo "tmp rc=$?"
+ls -l /tmp/fill | awk '{print "tmp size", $5}'
+head -c 64M /dev/zero > /workspace/fill; echo "workspace rc=$?"
+''',
+}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_filling_tmp_and_workspace_is_bounded(fresh: Daemon, language: str) -> None:
+    result = fresh.attack(FILL_DISKS[language], language)
+    tmpfs = int(SUITE_ENV["TMPFS_SIZE_MB"]) * MIB
+    if language == "python":
+        value = result["return_value"]
+        assert value["tmp"][1] == "OSError:28" and value["tmp"][0] <= tmpfs, value  # ENOSPC
+        assert value["workspace"][1] == "OSError:27" and value["workspace"][0] <= FILE_CAP, value  # EFBIG
+    elif language == "javascript":
+        assert result["return_value"]["tmp"][1] == "ENOSPC", result["return_value"]
+    else:
+        out = result["stdout"]
+        assert "tmp rc=1" in out and "workspace rc=" in out and "workspace rc=0" not in out, out
+        size = int(out.split("tmp size")[1].split()[0])
+        assert size <= tmpfs
+    fill = fresh.workspace / "fill"
+    assert not fill.exists() or fill.stat().st_size <= FILE_CAP
+
+
+MANY_FILES = r'''
+import os, time
+def create(root, limit, seconds):
+    os.makedirs(root, exist_ok=True)
+    deadline = time.monotonic() + seconds
+    n = 0
+    try:
+        while n < limit and time.monotonic() < deadline:
+            os.close(os.open(f"{root}/{n}", os.O_CREAT | os.O_WRONLY, 0o644))
+            n += 1
+    except OSError as exc:
+        return [n, type(exc).__name__]
+    return [n, "ok"]
+def handler(event):
+    # As many as 1.5 s allow in the tmpfs (a million, on a fast machine), and more than the
+    # report cap in the workspace (whose disk may be slow).
+    return {"tmp": create("/tmp/many", 1_000_000, 1.5), "workspace": create("/workspace/many", 1500, 6)}
+'''
+
+
+def test_a_million_tiny_files(fresh: Daemon) -> None:
+    result = fresh.attack(MANY_FILES, timeout=10)
+    assert result["status"] == "success", result["stderr"][-500:]
+    created = result["return_value"]
+    assert created["tmp"][0] > 10_000 and created["workspace"] == [1500, "ok"], created
+    # The report is capped, not thousands of entries long.
+    assert result["artifacts_truncated"] is True and len(result["artifacts"]) <= 1000
+    # The workspace keeps them: later runs stay fast (the scan is capped too) and correct.
+    started = time.monotonic()
+    after = fresh.execute("open('/workspace/new.txt', 'w').write('x')\ndef handler(e): return 1\n")
+    assert after["status"] == "success"
+    assert "new.txt" in after["artifacts"]
+    assert time.monotonic() - started < 5
+
+
+OUTPUT_FLOOD = {
+    "python": r'''
+import os, sys, threading
+def flood(fd):
+    chunk = b"x" * 65536
+    while True:
+        os.write(fd, chunk)
+threading.Thread(target=flood, args=(2,), daemon=True).start()
+flood(1)
+''',
+    "javascript": r'''
+const fs = require('fs');
+const chunk = Buffer.alloc(65536, 'x');
+for (;;) { fs.writeSync(1, chunk); fs.writeSync(2, chunk); }
+''',
+    "shell": "yes xxxxxxxxxxxxxxxx >&2 &\nyes yyyyyyyyyyyyyyyyyyyy\n",
+}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_output_flood_on_both_streams(daemon: Daemon, language: str) -> None:
+    rss_before = _rss_kib(daemon.pid)
+    result = daemon.attack(OUTPUT_FLOOD[language], language, timeout=1)
+    assert result["status"] == "timeout"
+    assert result["stdout_truncated"] and result["stderr_truncated"]
+    assert len(result["stdout"].encode()) <= OUTPUT_CAP
+    # stderr may carry the timeout notice after the captured bytes.
+    assert len(result["stderr"].encode()) <= OUTPUT_CAP + 200
+    assert _rss_kib(daemon.pid) - rss_before < 64 * 1024
+
+
+def _heartbeat(marker: str) -> str:
+    # A loop whose command line carries ``marker`` so the host can look for survivors.
+    return f"while :; do date +%s%N > /workspace/heartbeat; sleep 0.05; done # {marker}"
+
+
+ESCAPE_THE_HANDLER = {
+    "python": r'''
+import os, subprocess
+def handler(event):
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.execv("/bin/sh", ["sh", "-c", event["loop"]])
+        os._exit(0)
+    return "returned"
+''',
+    "javascript": r'''
+const cp = require('child_process');
+exports.handler = async (event) => {
+  cp.spawn('sh', ['-c', event.loop], { detached: true, stdio: 'ignore' }).unref();
+  return 'returned';
+};
+''',
+    "shell": r'''
+loop=$(sed 's/.*"loop": *"\([^"]*\)".*/\1/' "$SANDBOX_EVENT_FILE")
+setsid nohup sh -c "$loop" >/dev/null 2>&1 &
+disown
+trap '' HUP TERM
+echo returned
+''',
+}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_setsid_double_fork_does_not_outlive_the_execution(fresh: Daemon, language: str) -> None:
+    marker = f"sec-survivor-{uuid.uuid4().hex[:10]}"
+    started = time.monotonic()
+    result = fresh.attack(ESCAPE_THE_HANDLER[language], language, event={"loop": _heartbeat(marker)})
+    assert result["status"] == "success", result["stderr"][-500:]
+    assert time.monotonic() - started < 5  # the handler's return ends the run, no waiting
+    assert _processes_with(marker) == []
+    beat = fresh.workspace / "heartbeat"
+    first = beat.read_bytes() if beat.exists() else b""
+    time.sleep(0.3)
+    assert (beat.read_bytes() if beat.exists() else b"") == first, "a child is still writing"
+
+
+IGNORE_SIGTERM = {
+    "python": (
+        "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\nsignal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+        "while True:\n    pass\n"
+    ),
+    "javascript": (
+        "for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(s, () => {});\n"
+        "for (;;) {}\n"
+    ),
+    "shell": "trap '' TERM INT HUP\nwhile :; do :; done\n",
+}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_process_ignoring_sigterm_is_killed_at_the_timeout(daemon: Daemon, language: str) -> None:
+    started = time.monotonic()
+    result = daemon.attack(IGNORE_SIGTERM[language], language, timeout=1)
+    assert result["status"] == "timeout"
+    assert result["exit_code"] == -1
+    assert result["execution_time"] < 2.5
+    assert time.monotonic() - started < 6
