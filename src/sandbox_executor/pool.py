@@ -109,6 +109,9 @@ class _Warm:
     generation: int
     fingerprint: tuple[Any, ...]
     started_at: float
+    # Its processes, once its interpreter is up (a waiting tree no longer changes), so
+    # memory reports read a few status files instead of walking /proc each time.
+    pids: list[int] | None = None
 
 
 class WarmPool:
@@ -396,11 +399,21 @@ class WarmPool:
             lang: sum(1 for w in lane.waiting if w.sandbox.interpreter_started)
             for lang, lane in self._lanes.items()
         }
-        pids = [w.sandbox.proc.pid for lane in self._lanes.values() for w in lane.waiting
-                if w.sandbox.proc is not None]
+        memory = 0
+        for lane in self._lanes.values():
+            for warm in lane.waiting:
+                proc = warm.sandbox.proc
+                if proc is None:
+                    continue
+                pids = warm.pids
+                if pids is None:
+                    pids = process_tree([proc.pid])
+                    if warm.sandbox.interpreter_started:
+                        warm.pids = pids
+                memory += sum(_rss_bytes(pid) for pid in pids)
         return {
             "warm_sandboxes": sum(per_language.values()),
-            "memory_bytes": process_tree_rss(pids),
+            "memory_bytes": memory,
             "languages": per_language,
             "ready": ready,
             "starting": sum(lane.starting for lane in self._lanes.values()),
@@ -489,17 +502,10 @@ def _parent_map() -> dict[int, list[int]]:
     return tree
 
 
-def process_tree_rss(roots: Iterable[int]) -> int:
-    """Sum of VmRSS (bytes) of ``roots`` and all their descendants.
-
-    Shared pages (the interpreter's libraries) count once per process, as RSS does: an
-    upper bound of what the pool costs.
-    """
-    roots = list(roots)
-    if not roots:
-        return 0
+def process_tree(roots: Iterable[int]) -> list[int]:
+    """``roots`` and all their descendants (/proc/PID/task/*/children, else a /proc walk)."""
     tree: dict[int, list[int]] | None = None
-    total = 0
+    found: list[int] = []
     seen: set[int] = set()
     stack = list(roots)
     while stack:
@@ -507,11 +513,20 @@ def process_tree_rss(roots: Iterable[int]) -> int:
         if pid in seen:
             continue
         seen.add(pid)
-        total += _rss_bytes(pid)
+        found.append(pid)
         kids = _children_of(pid) if tree is None else None
         if kids is None:
             if tree is None:
                 tree = _parent_map()
             kids = tree.get(pid, [])
         stack.extend(kids)
-    return total
+    return found
+
+
+def process_tree_rss(roots: Iterable[int]) -> int:
+    """Sum of VmRSS (bytes) of ``roots`` and all their descendants.
+
+    Shared pages (the interpreter's libraries) count once per process, as RSS does: an
+    upper bound of what the pool costs.
+    """
+    return sum(_rss_bytes(pid) for pid in process_tree(roots))
