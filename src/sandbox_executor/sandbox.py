@@ -92,10 +92,14 @@ def build_bwrap_argv(spec: SandboxSpec) -> list[str]:
         argv += ["--ro-bind-data", str(fd), dest]
     argv += ["--proc", "/proc", "--dev", "/dev"]
     argv += ["--size", str(spec.tmpfs_size_bytes), "--tmpfs", "/tmp"]
+    # bwrap's /dev is a tmpfs of its own, owned by the sandbox and unbounded (half the
+    # host's RAM): POSIX shared memory gets a bounded /dev/shm and /dev itself turns
+    # read-only below.
+    argv += ["--size", str(spec.tmpfs_size_bytes), "--tmpfs", "/dev/shm"]
     argv += ["--bind", spec.workspace, SANDBOX_WORKDIR]
-    # The root is a bwrap-made tmpfs: make it read-only so only /tmp and /workspace take
-    # writes (both bounded), never an unbounded in-memory root.
-    argv += ["--remount-ro", "/"]
+    # The root is a bwrap-made tmpfs: make it read-only so only /tmp, /dev/shm and
+    # /workspace take writes (all bounded), never an unbounded in-memory root.
+    argv += ["--remount-ro", "/", "--remount-ro", "/dev"]
     argv += ["--chdir", spec.workdir]
     if spec.extra_env_clear:
         argv.append("--clearenv")
