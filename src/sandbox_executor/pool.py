@@ -225,7 +225,10 @@ class WarmPool:
             POOL_TAKES.labels(language, "hit").inc()
             return warm.sandbox
         self.misses += 1
-        lane.last_miss = time.monotonic()
+        if lane.refill_timer is not None or lane.starting:
+            # A replacement was on its way but not there yet: requests come faster than
+            # the pool refills with its polite delay. (A first use is no burst.)
+            lane.last_miss = time.monotonic()
         POOL_TAKES.labels(language, "miss").inc()
         # The engine starts this request's sandbox cold; start one for the next request
         # too (it boots while this one runs).
