@@ -135,15 +135,11 @@ def test_truncated_before_snapshot_does_not_invent_creations() -> None:
     ]
 
 
-def test_snapshot_of_a_large_tree_is_bounded_in_time(tmp_path: Path) -> None:
-    import time
-
-    for d in range(20):
+def test_snapshot_of_a_large_tree_stops_at_the_cap(tmp_path: Path) -> None:
+    for d in range(4):
         sub = tmp_path / f"d{d}"
         sub.mkdir()
-        for i in range(500):
+        for i in range(300):
             (sub / f"f{i}").touch()
-    started = time.monotonic()
-    snap = snapshot(str(tmp_path), max_files=2000)
-    assert time.monotonic() - started < 2
-    assert snap.truncated and len(snap.files) == 2000
+    snap = snapshot(str(tmp_path), max_files=500)
+    assert snap.truncated and len(snap.files) == 500
