@@ -53,6 +53,12 @@ def snapshot(root: str, max_files: int) -> Snapshot:
     try:
         walker = os.fwalk(root, follow_symlinks=False)
         for dirpath, dirnames, filenames, dirfd in walker:
+            # Directories count toward the cap as files do: a tree of empty directories
+            # would otherwise be walked in full, twice, by every later run.
+            seen += 1
+            if seen > max_files:
+                snap.truncated = True
+                return snap
             # Hidden directories are pruned; so are names we could not report anyway.
             dirnames[:] = [d for d in dirnames if _visible(d) and _valid_text(d)]
             rel_dir = os.path.relpath(dirpath, root)

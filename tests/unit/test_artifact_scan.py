@@ -142,4 +142,12 @@ def test_snapshot_of_a_large_tree_stops_at_the_cap(tmp_path: Path) -> None:
         for i in range(300):
             (sub / f"f{i}").touch()
     snap = snapshot(str(tmp_path), max_files=500)
-    assert snap.truncated and len(snap.files) == 500
+    # The directories entered (root, d0, d1) count toward the cap too.
+    assert snap.truncated and len(snap.files) == 497
+
+
+def test_snapshot_counts_directories_toward_the_cap(tmp_path: Path) -> None:
+    for i in range(600):
+        (tmp_path / f"d{i}").mkdir()
+    snap = snapshot(str(tmp_path), max_files=500)
+    assert snap.truncated and snap.files == {}
