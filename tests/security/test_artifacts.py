@@ -146,6 +146,27 @@ def test_a_hundred_thousand_files(daemon: Daemon) -> None:
     daemon.clean_workspace()
 
 
+EMPTY_DIRECTORIES = r'''
+import os
+def handler(event):
+    for i in range(event["n"]):
+        os.makedirs(f"/workspace/tree/{i % 100}/{i}")
+    return event["n"]
+'''
+
+
+def test_a_tree_of_empty_directories_is_not_walked_in_full(daemon: Daemon) -> None:
+    # Directories count toward ARTIFACT_MAX_FILES: 30k empty ones (no file to hit the cap)
+    # must not make every later run walk them all.
+    daemon.clean_workspace()
+    result = daemon.attack(EMPTY_DIRECTORIES, event={"n": 30_000}, timeout=30)
+    assert result["status"] == "success", result["stderr"][-500:]
+    assert result["artifacts_truncated"] is True
+    after = daemon.execute("def handler(event):\n    return 1\n")
+    assert after["status"] == "success" and after["artifacts_truncated"] is True
+    daemon.clean_workspace()
+
+
 DEEP_TREE = {
     "python": r'''
 import os

@@ -258,3 +258,24 @@ def test_no_escape_through_proc_root_or_inherited_descriptors(daemon: Daemon) ->
         assert got[0] in ("/", "/workspace"), (key, got)
     assert value["chroot"] == "PermissionError"
     assert value["targets_visible"] == []
+
+
+SHELL_ESCAPES = r'''
+ls -la /proc/self/fd/ | awk 'NR>1 {print $NF}' | sort -u
+echo "root: $(readlink /proc/self/root) $(readlink /proc/1/root)"
+ls /proc/1/root/ | tr '\n' ' '; echo
+cd /proc/self/root/../../.. && echo "up: $(pwd) $(ls | tr '\n' ' ')"
+chroot /tmp /bin/true 2>/dev/null && echo "chroot worked"
+true
+'''
+
+
+def test_no_escape_from_shell(daemon: Daemon) -> None:
+    result = daemon.attack(SHELL_ESCAPES, "shell")
+    out = result["stdout"]
+    assert "root: / /" in out, out
+    assert "chroot worked" not in out
+    for host_path in (str(daemon.server.results_dir), str(REPO), "/root", "/home"):
+        assert host_path not in out.replace("/root:", ""), (host_path, out)
+    up = [ln for ln in out.splitlines() if ln.startswith("up: ")][0]
+    assert up.split()[1] == "/" and "workspace" in up

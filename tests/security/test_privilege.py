@@ -297,3 +297,19 @@ def test_signals_cannot_reach_the_daemon(daemon: Daemon, language: str) -> None:
         assert result["return_value"][str(daemon.pid)] in ("ProcessLookupError", "PermissionError")
     elif language == "javascript":
         assert result["return_value"] in ("ESRCH", "EPERM")
+
+
+SHELL_DEVICES_AND_KERNEL = r'''
+for d in /dev/mem /dev/kmem /dev/port /dev/vda /dev/sda /dev/kmsg /proc/kcore /proc/sysrq-trigger; do
+  if (exec 3<>"$d") 2>/dev/null; then echo "opened $d"; fi
+done
+mknod /tmp/mem c 1 1 2>/dev/null && echo "mknod worked"
+echo c > /proc/sysrq-trigger 2>/dev/null && echo "sysrq worked"
+insmod /nonexistent.ko 2>/dev/null; modprobe dummy 2>/dev/null && echo "modprobe worked"
+echo done
+'''
+
+
+def test_devices_and_kernel_from_shell(daemon: Daemon) -> None:
+    result = daemon.attack(SHELL_DEVICES_AND_KERNEL, "shell")
+    assert result["stdout"] == "done\n", result["stdout"]

@@ -263,3 +263,38 @@ def test_process_ignoring_sigterm_is_killed_at_the_timeout(daemon: Daemon, langu
     assert result["exit_code"] == -1
     assert result["execution_time"] < 2.5
     assert time.monotonic() - started < 6
+
+
+FILL_DEV = {
+    "python": r'''
+def fill(path):
+    written = 0
+    try:
+        with open(path, "wb") as fh:
+            while written < (64 << 20):
+                written += fh.write(b"\0" * (1 << 20))
+                fh.flush()
+    except OSError as exc:
+        return [written, exc.strerror]
+    return [written, "ok"]
+def handler(event):
+    return {"dev": fill("/dev/fill"), "shm": fill("/dev/shm/fill")}
+''',
+    "shell": "head -c 64M /dev/zero > /dev/fill; echo \"dev rc=$?\"\n"
+    "head -c 64M /dev/zero > /dev/shm/fill; echo \"shm rc=$?\"; wc -c < /dev/shm/fill\n",
+}
+
+
+@pytest.mark.parametrize("language", ["python", "shell"])
+def test_dev_and_dev_shm_are_not_unbounded_memory(daemon: Daemon, language: str) -> None:
+    # bwrap's /dev is a tmpfs (RAM) of its own: it must not take writes beyond the budget.
+    result = daemon.attack(FILL_DEV[language], language)
+    tmpfs = int(SUITE_ENV["TMPFS_SIZE_MB"]) * MIB
+    if language == "python":
+        value = result["return_value"]
+        assert value["dev"] == [0, "Read-only file system"], value
+        assert value["shm"][1] == "No space left on device" and value["shm"][0] <= tmpfs, value
+    else:
+        lines = result["stdout"].split()
+        assert "rc=0" not in result["stdout"], result["stdout"]
+        assert int(lines[-1]) <= tmpfs
