@@ -15,6 +15,7 @@ from .models import ExecuteRequest, ExecutionResult, Language, TerminationReason
 from .runner import Limits, Sandbox, SandboxStartError, crashed_result, job_from_request
 from .runtimes import SANDBOX_VENV_MOUNT, base_environment
 from .sandbox import Mount, SandboxSpec, bwrap_supports, host_system_mounts
+from .spawner import Spawner
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +40,7 @@ class Engine:
         self.warm_sandbox_source: Callable[[Language], Sandbox | None] | None = None
         # The last sandbox start failure, cleared by the next successful run (for /health).
         self.last_start_error: str | None = None
+        self.spawner = Spawner(settings.python_path)
 
     def prepare(self) -> None:
         """Inspect the host once: system mounts, bwrap features, synthetic /etc files."""
@@ -101,8 +103,12 @@ class Engine:
         self.prepare()
         sandbox = Sandbox(language, self.settings, self.limits)
         factory = None if self.settings.disable_bwrap else self.spec
-        await sandbox.start(factory, self.uid_gid())
+        await sandbox.start(self.spawner, factory, self.uid_gid())
         return sandbox
+
+    async def aclose(self) -> None:
+        """Stop the spawner helper (its sandboxes die with it)."""
+        await self.spawner.aclose()
 
     async def execute(self, request: ExecuteRequest) -> ExecutionResult:
         """Run ``request`` to completion; never raises for anything the user code did."""

@@ -405,12 +405,12 @@ class WarmPool:
         memory = 0
         for lane in self._lanes.values():
             for warm in lane.waiting:
-                proc = warm.sandbox.proc
-                if proc is None:
+                pid = warm.sandbox.pid
+                if pid is None:
                     continue
                 pids = warm.pids
                 if pids is None:
-                    pids = process_tree([proc.pid])
+                    pids = process_tree([pid])
                     if warm.sandbox.interpreter_started:
                         warm.pids = pids
                 memory += sum(_rss_bytes(pid) for pid in pids)
@@ -440,11 +440,11 @@ def _has_exited(sandbox: Sandbox) -> bool:
     A pidfd turns readable when its process exits, whoever its parent is (the daemon or a
     spawner helper); polling it neither reaps nor disturbs the sandbox's own exit watch.
     """
-    proc = sandbox.proc
-    if proc is None:
+    pid = sandbox.pid
+    if pid is None:
         return True
     try:
-        fd = os.pidfd_open(proc.pid)
+        fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return True
     except OSError:

@@ -13,7 +13,6 @@ import json
 import os
 import resource
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from .runtimes import (
     uses_result_channel,
 )
 from .sandbox import Mount, SandboxSpec, build_bwrap_argv
+from .spawner import Spawner
 
 log = structlog.get_logger(__name__)
 
@@ -90,21 +90,21 @@ class Limits:
         )
 
 
-def _limits_preexec(limits: Limits, nproc: int) -> Callable[[], None]:
-    def apply() -> None:
-        # Runs in the child between fork and exec, after the uid switch: the limits bind
-        # bwrap and everything below it. RLIMIT_DATA (not AS) so node can reserve its
-        # address space while real allocations stay capped.
-        resource.setrlimit(resource.RLIMIT_DATA, (limits.memory_bytes, limits.memory_bytes))
-        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_bytes, limits.file_size_bytes))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
-        # SIGKILL one second after SIGXCPU: the sandbox's init ignores SIGXCPU (default
-        # actions of kernel signals do not apply to a PID namespace's init).
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+def _rlimits(limits: Limits, nproc: int) -> list[tuple[int, int, int]]:
+    """The rlimits set between fork and exec, after the uid switch, on bwrap and all below.
 
-    return apply
+    RLIMIT_DATA (not AS) so node can reserve its address space while real allocations stay
+    capped. SIGKILL follows SIGXCPU by one second: the sandbox's init ignores SIGXCPU
+    (default actions of kernel signals do not apply to a PID namespace's init).
+    """
+    return [
+        (resource.RLIMIT_DATA, limits.memory_bytes, limits.memory_bytes),
+        (resource.RLIMIT_NPROC, nproc, nproc),
+        (resource.RLIMIT_FSIZE, limits.file_size_bytes, limits.file_size_bytes),
+        (resource.RLIMIT_NOFILE, limits.open_files, limits.open_files),
+        (resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1),
+        (resource.RLIMIT_CORE, 0, 0),
+    ]
 
 
 class SandboxStartError(RuntimeError):
@@ -118,7 +118,7 @@ class Sandbox:
         self.language = language
         self.settings = settings
         self.limits = limits
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
         self.started_at = time.monotonic()
         self._input_w: int | None = None
         self._stdin_w: int | None = None
@@ -128,15 +128,16 @@ class Sandbox:
         self._result: BoundedCapture | None = None
         self._info: BoundedCapture | None = None
         self._exited: asyncio.Future[tuple[int, Any]] | None = None
-        self._pidfd: int | None = None
         self.used = False
 
     # ------------------------------------------------------------------ start-up
     async def start(
-        self, spec_factory: Callable[..., SandboxSpec] | None, uid_gid: tuple[int, int] | None
+        self,
+        spawner: Spawner,
+        spec_factory: Callable[..., SandboxSpec] | None,
+        uid_gid: tuple[int, int] | None,
     ) -> None:
         """Spawn bwrap and the interpreter; returns once the process exists."""
-        loop = asyncio.get_running_loop()
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
         res_r, res_w = os.pipe2(os.O_CLOEXEC)
         info_r, info_w = os.pipe2(os.O_CLOEXEC)
@@ -145,11 +146,12 @@ class Sandbox:
         stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
         child_fds = [in_r, res_w, info_w, out_w, err_w, stdin_r]
         command = interpreter_command(self.language, self.settings, in_r, res_w)
-        pass_fds: list[int] = [in_r, res_w]
+        # Child fd number -> our fd; the argv names the same numbers.
+        fds = {0: stdin_r, 1: out_w, 2: err_w, in_r: in_r, res_w: res_w}
         if spec_factory is not None:
             spec = spec_factory(command=command, info_fd=info_w, language=self.language)
             argv = build_bwrap_argv(spec)
-            pass_fds += spec.inherited_fds()
+            fds.update({fd: fd for fd in spec.inherited_fds()})
             # The spec's own descriptors (data files, seccomp program) are single-use.
             child_fds += [fd for fd in spec.inherited_fds() if fd != info_w]
             cwd = None
@@ -161,30 +163,19 @@ class Sandbox:
         # Under bwrap the per-sandbox cap is set by the sandbox's init itself; without bwrap
         # there is no user namespace to count in, so this rlimit is the cap itself.
         nproc = max(self.limits.pids_total, self.limits.pids) if spec_factory else self.limits.pids
-        kwargs: dict[str, Any] = {}
         if uid_gid is not None:
-            kwargs.update(user=uid_gid[0], group=uid_gid[1], extra_groups=[])
             # bash reopens its script as /dev/fd/N, which checks the pipe inode's owner.
             os.fchown(in_r, uid_gid[0], uid_gid[1])
         try:
-            # A plain Popen, not asyncio's: fork+exec returns at once, and the engine needs
-            # pass_fds, the rlimits and its own wait4() (for rusage) on a pidfd.
-            self.proc = subprocess.Popen(  # noqa: ASYNC220
-                argv,
-                stdin=stdin_r,
-                stdout=out_w,
-                stderr=err_w,
-                pass_fds=pass_fds,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_limits_preexec(self.limits, nproc),
-                **kwargs,
+            child = await spawner.spawn(
+                argv, fds=fds, env=env, cwd=cwd, uid_gid=uid_gid, rlimits=_rlimits(self.limits, nproc)
             )
         except OSError as exc:
             for fd in (*child_fds, in_w, res_r, info_r, out_r, err_r, stdin_w):
                 os.close(fd)
             raise SandboxStartError(f"cannot start the sandbox: {exc}") from exc
+        self.pid = child.pid
+        self._exited = child.exited
         for fd in child_fds:
             os.close(fd)
         self._input_w = in_w
@@ -199,27 +190,6 @@ class Sandbox:
             transport, protocol = await capture_fd(fd, limit)
             self._transports.append(transport)
             setattr(self, attr, protocol)
-        self._exited = loop.create_future()
-        self._pidfd = os.pidfd_open(self.proc.pid)
-        loop.add_reader(self._pidfd, self._on_pidfd)
-
-    def _on_pidfd(self) -> None:
-        assert self.proc is not None and self._exited is not None
-        try:
-            pid, status, rusage = os.wait4(self.proc.pid, os.WNOHANG)
-        except ChildProcessError:
-            pid, status, rusage = self.proc.pid, 0, None
-        if pid == 0:
-            return
-        loop = asyncio.get_running_loop()
-        if self._pidfd is not None:
-            loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
-        self.proc.returncode = os.waitstatus_to_exitcode(status)
-        if not self._exited.done():
-            self._exited.set_result((self.proc.returncode, rusage))
-
     @property
     def alive(self) -> bool:
         return self._exited is not None and not self._exited.done()
@@ -249,7 +219,7 @@ class Sandbox:
 
     async def kill(self) -> None:
         """Kill the whole process tree and wait until bwrap is reaped."""
-        if self.proc is None or self._exited is None:
+        if self.pid is None or self._exited is None:
             return
         if self._exited.done():
             return
@@ -265,7 +235,7 @@ class Sandbox:
             await asyncio.wait_for(asyncio.shield(self._exited), _KILL_GRACE_SECONDS if inner else 0.001)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.killpg(self.pid, signal.SIGKILL)
             await self._exited
 
     async def discard(self) -> None:
@@ -286,7 +256,7 @@ class Sandbox:
     # ------------------------------------------------------------------ run
     async def run(self, job: LaunchJob, stdin: str | None, workspace: str) -> ExecutionResult:
         """Hand ``job`` to the waiting interpreter and collect the outcome."""
-        assert self.proc is not None and self._exited is not None
+        assert self.pid is not None and self._exited is not None
         assert not self.used, "a sandbox serves exactly one execution"
         self.used = True
         loop = asyncio.get_running_loop()

@@ -225,8 +225,8 @@ async def test_invalidate_discards_waiting_sandboxes(
         assert (await run_warm(engine, pool, request(PROBE))).return_value == 1
         assert await pool.wait_ready("python")
         old = pool.waiting("python")
-        assert len(old) == 1 and old[0].proc is not None
-        old_pid = old[0].proc.pid
+        assert len(old) == 1 and old[0].pid is not None
+        old_pid = old[0].pid
 
         # What the dependency manager does: build a new tree, switch, call on_change.
         _write_module(pool_dirs["base"] / "v2", 2)
@@ -288,10 +288,10 @@ async def test_dead_waiting_sandbox_is_never_handed_out(pool_settings: Settings)
     async with warm_engine(pool_settings) as (engine, pool):
         assert await pool.wait_ready("python")
         (victim,) = pool.waiting("python")
-        assert victim.proc is not None
-        os.kill(victim.proc.pid, signal.SIGKILL)
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while not _is_zombie(victim.proc.pid) and time.monotonic() < deadline:
+        while not _is_zombie(victim.pid) and time.monotonic() < deadline:
             time.sleep(0.005)  # blocking on purpose: the event loop must not notice yet
         assert victim.alive  # the loop has not processed the exit...
         assert pool.take("python") is None  # ...but take() looks for itself
@@ -304,7 +304,7 @@ async def test_dead_waiting_sandbox_is_never_handed_out(pool_settings: Settings)
 async def test_waiting_sandbox_uses_no_cpu_and_its_memory_is_reported(pool_settings: Settings) -> None:
     async with warm_engine(pool_settings, pinned=("python", "shell")) as (_engine, pool):
         assert await pool.wait_ready("python") and await pool.wait_ready("shell")
-        pids = [s.proc.pid for s in pool.waiting() if s.proc is not None]
+        pids = [s.pid for s in pool.waiting() if s.pid is not None]
         tree = _tree(pids)
         assert len(tree) >= 4  # bwrap and the interpreter, per sandbox
         await asyncio.sleep(0.2)

@@ -279,9 +279,11 @@ async def test_submit_is_idempotent_per_execution_id(
     assert [r.json["stdout"] for r in cp.requests("result")] == ["first"]
 
 
-async def test_no_control_plane_url_keeps_results_locally(
+async def test_no_control_plane_url_sends_nothing_and_stores_nothing(
     tmp_path: Path, reporter_factory: Any
 ) -> None:
+    # Standalone: the service keeps results in memory for GET /executions/{id}; an outbox
+    # that nothing will ever drain would only grow.
     reporter = await reporter_factory(None)
     await reporter.submit_result(EID, None, make_result())
     async with reporter.heartbeat(EID):
@@ -289,8 +291,8 @@ async def test_no_control_plane_url_keeps_results_locally(
     reporter.announce_ready()
     await reporter.announce_exited(143, "sigterm")
     await reporter.flush(0.1)
-    assert reporter.outbox.path(EID).exists()
-    assert reporter.stats() == {"pending": 1, "undeliverable": 0, "delivered": 0}
+    assert not reporter.outbox.path(EID).exists()
+    assert reporter.stats() == {"pending": 0, "undeliverable": 0, "delivered": 0}
 
 
 async def test_non_finite_numbers_never_sent(cp: FakeControlPlane, reporter_factory: Any) -> None:

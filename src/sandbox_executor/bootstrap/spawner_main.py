@@ -19,11 +19,12 @@ import select
 import signal
 import socket
 import sys
+from typing import Any, NoReturn
 
 MAX_FDS = 32
 
 
-def _die_with_parent():
+def _die_with_parent() -> None:
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -32,11 +33,11 @@ def _die_with_parent():
         os._exit(0)
 
 
-def _send(sock, doc):
+def _send(sock: socket.socket, doc: dict[str, Any]) -> None:
     sock.send(json.dumps(doc).encode())
 
 
-def _reap(sock):
+def _reap(sock: socket.socket) -> None:
     while True:
         try:
             pid, status, ru = os.wait4(-1, os.WNOHANG)
@@ -48,7 +49,7 @@ def _reap(sock):
         _send(sock, {"exit": pid, "status": status, "ru": usage})
 
 
-def _child(req, fds, errw):
+def _child(req: dict[str, Any], fds: list[int], errw: int) -> NoReturn:
     try:
         _exec_child(req, fds, errw)
     except BaseException as exc:  # reported to the daemon, then exit
@@ -61,7 +62,7 @@ def _child(req, fds, errw):
 _ERRW = [-1]
 
 
-def _exec_child(req, fds, errw):
+def _exec_child(req: dict[str, Any], fds: list[int], errw: int) -> NoReturn:
     _ERRW[0] = errw
     os.setsid()
     for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGINT, signal.SIGTERM):
@@ -95,7 +96,7 @@ def _exec_child(req, fds, errw):
     os.execvpe(req["argv"][0], req["argv"], req["env"])  # noqa: S606 - argv comes from the daemon
 
 
-def _spawn(sock, req, fds):
+def _spawn(sock: socket.socket, req: dict[str, Any], fds: list[int]) -> None:
     errr, errw = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -114,7 +115,7 @@ def _spawn(sock, req, fds):
         _send(sock, {"pid": pid})
 
 
-def main():
+def main() -> None:
     _die_with_parent()
     sock = socket.socket(fileno=int(sys.argv[1]))
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -124,7 +125,7 @@ def main():
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while True:
         try:
-            ready, _, _ = select.select([sock, wake_r], [], [])
+            ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
         except InterruptedError:
             continue
         if wake_r in ready:
@@ -134,7 +135,7 @@ def main():
             except BlockingIOError:
                 pass
             _reap(sock)
-        if sock in ready:
+        if sock.fileno() in ready:
             fds = array.array("i")
             msg, ancdata, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
             if not msg:
