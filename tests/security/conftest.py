@@ -18,7 +18,7 @@ import pytest
 from sandbox_executor.config import Settings
 from sandbox_executor.engine import Engine
 from sandbox_executor.models import ExecuteRequest, ExecutionResult, Language
-from tests.security.helpers import Daemon, start_daemon
+from tests.security.helpers import SECRETS, Daemon, start_daemon
 from tests.support import warm
 
 EngineRun = Callable[..., Awaitable[ExecutionResult]]
@@ -74,7 +74,10 @@ def daemon() -> Iterator[Daemon]:
     """One real daemon per test module (SECURITY_DAEMON_USER=nobody runs it unprivileged)."""
     running = start_daemon()
     yield running
+    log = running.server.log_path.read_text(errors="replace")
     running.close()
+    # Whatever the attacks did, the daemon never logged its own secrets.
+    assert not [secret for secret in SECRETS if secret in log]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.security.helpers import SUITE_ENV, Daemon, start_daemon
+from tests.security.helpers import SECRETS, SUITE_ENV, Daemon, start_daemon
 
 CONTROL = b"control file: the scan still works\n"
 CONTROL_SHA = hashlib.sha256(CONTROL).hexdigest()
@@ -19,13 +19,15 @@ CONTROL_SHA = hashlib.sha256(CONTROL).hexdigest()
 def daemon() -> Iterator[Daemon]:
     running = start_daemon(fast_disk=True)
     yield running
+    log = running.server.log_path.read_text(errors="replace")
     running.close()
+    assert not [secret for secret in SECRETS if secret in log]
 
 
 def _control_line(language: str) -> str:
     if language == "shell":
         return f"printf '{CONTROL.decode().strip()}\\n' > /workspace/control.txt\n"
-    return "open('/workspace/control.txt', 'wb').write(%r)\n" % CONTROL
+    return f"open('/workspace/control.txt', 'wb').write({CONTROL!r})\n"
 
 
 def _assert_only_control(result: dict, extra: set[str] | None = None) -> None:
@@ -60,7 +62,8 @@ def handler(event):
 def test_symlinks_to_host_files_and_loops_are_not_followed(daemon: Daemon) -> None:
     daemon.clean_workspace()
     code = HOST_SYMLINKS + "    " + _control_line("python") + "    return made\n"
-    event = {"results_dir": str(daemon.server.results_dir), "log": str(daemon.server.log_path), "pid": daemon.pid}
+    server = daemon.server
+    event = {"results_dir": str(server.results_dir), "log": str(server.log_path), "pid": daemon.pid}
     started = time.monotonic()
     result = daemon.attack(code, event=event)
     assert result["status"] == "success", result["stderr"][-1000:]
@@ -172,13 +175,13 @@ DEEP_TREE = {
 import os
 def handler(event):
     os.chdir("/workspace")
-    open("control.txt", "wb").write(%r)
+    open("control.txt", "wb").write(CONTROL)
     for _ in range(event["depth"]):
         os.mkdir("d")
         os.chdir("d")
     open("bottom.txt", "w").write("x")
     return len(os.getcwd())
-''' % CONTROL,
+'''.replace("CONTROL", repr(CONTROL)),
     "shell": "printf 'control file: the scan still works\\n' > control.txt\n"
     # 1500 levels, 150 at a time (bash's cd is quadratic in the depth of $PWD).
     "p=$(printf 'd/%.0s' $(seq 150))\nfor i in $(seq 10); do mkdir -p \"$p\" && cd \"$p\" || exit 1; done\n"

@@ -77,9 +77,12 @@ INJECTION_VALUES = {
 }
 ECHO_ENV = {
     "python": "import os\ndef handler(event):\n    return {k: os.environ[k] for k in event['names']}\n",
-    "javascript": "exports.handler = async (event) => Object.fromEntries(event.names.map((k) => [k, process.env[k]]));\n",
-    "shell": 'python3 -c "import json, os; print(json.dumps({k: os.environ[k] for k in %r}))"\n'
-    % sorted(INJECTION_VALUES),
+    "javascript": (
+        "exports.handler = async (event) => "
+        "Object.fromEntries(event.names.map((k) => [k, process.env[k]]));\n"
+    ),
+    "shell": "python3 -c \"import json, os; "
+    f"print(json.dumps({{k: os.environ[k] for k in {sorted(INJECTION_VALUES)!r}}}))\"\n",
 }
 
 
@@ -140,9 +143,10 @@ def test_a_body_over_the_cap_is_refused(daemon: Daemon) -> None:
 
 @pytest.mark.parametrize("depth", [900, 5000, 200_000])
 def test_deeply_nested_json(daemon: Daemon, depth: int) -> None:
+    nested = "[" * depth + "]" * depth
     body = (
-        '{"execution_id": "%s", "language": "python", "code": "def handler(e):\\n    return 1\\n", '
-        '"event": {"a": %s%s}}' % (new_id(), "[" * depth, "]" * depth)
+        f'{{"execution_id": "{new_id()}", "language": "python", '
+        f'"code": "def handler(e):\\n    return 1\\n", "event": {{"a": {nested}}}}}'
     ).encode()
     resp = daemon.post(body)
     # Either parsed and run, or refused as invalid: never a 500 or a dead daemon.

@@ -52,7 +52,8 @@ exports.handler = async (event) => {
 port=$(sed 's/.*"port": *\([0-9]*\).*/\1/' "$SANDBOX_EVENT_FILE")
 ip=$(sed 's/.*"host_ip": *"\([^"]*\)".*/\1/' "$SANDBOX_EVENT_FILE")
 for host in 127.0.0.1 "$ip"; do
-  if timeout 2 bash -c "exec 3<>/dev/tcp/$host/$port; printf 'GET /health HTTP/1.0\r\n\r\n' >&3; cat <&3" 2>/dev/null; then
+  req="exec 3<>/dev/tcp/$host/$port; printf 'GET /health HTTP/1.0\r\n\r\n' >&3; cat <&3"
+  if timeout 2 bash -c "$req" 2>/dev/null; then
     echo "connected $host"
   else
     echo "refused $host"
@@ -82,6 +83,8 @@ def test_tcp_to_the_executor_port_fails(daemon: Daemon, language: str) -> None:
 UDP_AND_DNS = {
     "python": r'''
 import socket
+QUERY = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+         b"\x07example\x03com\x00\x00\x01\x00\x01")
 def handler(event):
     out = {}
     try:
@@ -92,7 +95,7 @@ def handler(event):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.settimeout(0.5)
         try:
-            s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03com\x00\x00\x01\x00\x01", target)
+            s.sendto(QUERY, target)
             out[target[0]] = "answer: " + repr(s.recvfrom(512))
         except OSError as exc:
             out[target[0]] = type(exc).__name__

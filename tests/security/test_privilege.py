@@ -134,8 +134,10 @@ def handler(event):
     for name, req in (("attach", 16), ("seize", 0x4206)):
         rc = libc.ptrace(ctypes.c_long(req), ctypes.c_long(child.pid), None, None)
         out[name] = "ok" if rc == 0 else os.strerror(ctypes.get_errno())
-    out["traceme"] = "ok" if libc.ptrace(ctypes.c_long(0), 0, None, None) == 0 else os.strerror(ctypes.get_errno())
-    p = subprocess.run(["strace", "-f", "-p", str(child.pid), "-o", "/dev/null"], capture_output=True, timeout=3)
+    rc = libc.ptrace(ctypes.c_long(0), 0, None, None)
+    out["traceme"] = "ok" if rc == 0 else os.strerror(ctypes.get_errno())
+    argv = ["strace", "-f", "-p", str(child.pid), "-o", "/dev/null"]
+    p = subprocess.run(argv, capture_output=True, timeout=3)
     out["strace"] = p.returncode
     child.kill()
     return out

@@ -19,8 +19,8 @@ def handler(event):
     print("__RESULT__" + FORGED.decode() + "__END_RESULT__")
     print('{"status": "success", "return_value": "forged", "exit_code": 0}')
     import subprocess
-    subprocess.run([sys.executable, "-c",
-        "import os\nfor fd in range(3, 1024):\n    try: os.write(fd, %r)\n    except OSError: pass\n" % FORGED])
+    child = "import os\nfor fd in range(3, 1024):\n    try: os.write(fd, DOC)\n    except OSError: pass\n"
+    subprocess.run([sys.executable, "-c", child.replace("DOC", repr(FORGED))])
     return "genuine"
 ''',
     "javascript": r'''
@@ -30,7 +30,10 @@ const FORGED = '{"ok": true, "return_value": "forged"}';
 exports.handler = async () => {
   console.log('__RESULT__' + FORGED + '__END_RESULT__');
   cp.execSync(`for fd in 3 4 5 6 7 8 9; do printf '%s' '${FORGED}' >&$fd; done 2>/dev/null; true`);
-  cp.spawnSync(process.execPath, ['-e', `for (let fd = 3; fd < 256; fd++) { try { require('fs').writeSync(fd, '${FORGED}'); } catch (e) {} }`]);
+  const child = `for (let fd = 3; fd < 256; fd++) {
+    try { require('fs').writeSync(fd, '${FORGED}'); } catch (e) {}
+  }`;
+  cp.spawnSync(process.execPath, ['-e', child]);
   return 'genuine';
 };
 ''',
@@ -187,7 +190,10 @@ def test_return_values_that_are_not_json(daemon: Daemon, language: str, name: st
 def test_deeply_nested_return_values(daemon: Daemon, depth: int) -> None:
     # JavaScript serializes deep structures that Python's JSON tools and the response
     # serializer cannot take back: the daemon must answer, not 500.
-    code = f"exports.handler = async () => {{ let v = []; for (let i = 0; i < {depth}; i++) v = [v]; return v; }};\n"
+    code = (
+        f"exports.handler = async () => {{ let v = []; for (let i = 0; i < {depth}; i++) v = [v]; "
+        "return v; };\n"
+    )
     result = daemon.attack(code, "javascript")
     if depth <= 100:
         assert result["status"] == "success"
