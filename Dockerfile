@@ -101,7 +101,7 @@ ENV PATH=/srv/executor/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
     RESULTS_DIR=/var/lib/sandbox-executor/results \
     STATE_DIR=/var/lib/sandbox-executor/state \
     SANDBOX_VENV_PATH=/opt/sandbox-venv \
-    PYTHON_PATH=/usr/bin/python3 \
+    PYTHON_BINARY=/usr/bin/python3 \
     BWRAP_PATH=/usr/bin/bwrap
 
 WORKDIR /app

@@ -139,7 +139,7 @@ def check_workspace(settings: Settings) -> CheckResult:
     script = "import os,sys,tempfile; fd,p=tempfile.mkstemp(dir=sys.argv[1]); os.close(fd); os.unlink(p)"
     try:
         proc = subprocess.run(
-            [settings.python_path, "-I", "-S", "-c", script, str(workspace)],
+            [settings.python_binary, "-I", "-S", "-c", script, str(workspace)],
             capture_output=True, timeout=20, check=False, **_drop_privileges(settings),
         )
         ok = proc.returncode == 0
@@ -156,7 +156,7 @@ def check_workspace(settings: Settings) -> CheckResult:
 def check_interpreters(settings: Settings) -> list[CheckResult]:
     results = []
     interpreters = (
-        ("python", settings.python_path), ("node", settings.node_path), ("bash", settings.bash_path)
+        ("python", settings.python_binary), ("node", settings.node_binary), ("bash", settings.bash_binary)
     )
     for name, path in interpreters:
         if os.path.isfile(path) and os.access(path, os.X_OK):

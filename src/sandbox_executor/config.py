@@ -56,9 +56,9 @@ class Settings(BaseSettings):
     # --- Sandbox ----------------------------------------------------------------------
     disable_bwrap: bool = False
     bwrap_path: str = "bwrap"
-    python_path: str = "/usr/bin/python3"
-    node_path: str = "/usr/bin/node"
-    bash_path: str = "/bin/bash"
+    python_binary: str = "/usr/bin/python3"
+    node_binary: str = "/usr/bin/node"
+    bash_binary: str = "/bin/bash"
     sandbox_uid: int = 65534
     sandbox_gid: int = 65534
     seccomp_enabled: bool = True

@@ -533,7 +533,7 @@ def find_pip(settings: Settings) -> tuple[str | None, list[str]]:
         pip_dir = os.path.realpath(next(iter(spec.submodule_search_locations)))
         if os.path.isfile(os.path.join(pip_dir, "__main__.py")):
             return pip_dir, []
-    return None, [settings.python_path, "-I", "-m", "pip"]
+    return None, [settings.python_binary, "-I", "-m", "pip"]
 
 
 def compiled_pip_copy(pip_dir: str, root: Path, python: str) -> str | None:
@@ -607,7 +607,7 @@ class PipRunner:
             pip_dir, fallback = find_pip(self.settings)
             if pip_dir and self.runtime_root is not None and not self.settings.disable_bwrap:
                 pip_dir = compiled_pip_copy(pip_dir, self.runtime_root,
-                                            self.settings.python_path) or pip_dir
+                                            self.settings.python_binary) or pip_dir
             self._pip = (pip_dir, fallback)
         return self._pip
 
@@ -677,13 +677,13 @@ class PipRunner:
         pip_dir, fallback = self.locate_pip()
         if self.settings.disable_bwrap:
             tmpdir = str(job.scratch / "tmp")
-            head = [self.settings.python_path, "-I", pip_dir] if pip_dir else fallback
+            head = [self.settings.python_binary, "-I", pip_dir] if pip_dir else fallback
             argv = [*head, *self.pip_arguments(job, str(job.target), str(job.cache))]
             return argv, [], dict(self.environment(str(job.scratch), tmpdir)), str(job.scratch)
         self.prepare()
         assert self._mounts is not None
         inner_pip = f"{PIP_RUNTIME_MOUNT}/pip"
-        head = [self.settings.python_path, "-I", inner_pip] if pip_dir else fallback
+        head = [self.settings.python_binary, "-I", inner_pip] if pip_dir else fallback
         argv = [*head, *self.pip_arguments(job, SANDBOX_VENV_MOUNT, PIP_CACHE_MOUNT)]
         extra = [
             Mount("bind", str(job.target), SANDBOX_VENV_MOUNT),

@@ -40,7 +40,7 @@ class Engine:
         self.warm_sandbox_source: Callable[[Language], Sandbox | None] | None = None
         # The last sandbox start failure, cleared by the next successful run (for /health).
         self.last_start_error: str | None = None
-        self.spawner = Spawner(settings.python_path)
+        self.spawner = Spawner(settings.python_binary)
 
     def prepare(self) -> None:
         """Inspect the host once: system mounts, bwrap features, synthetic /etc files."""

@@ -69,18 +69,18 @@ def interpreter_command(
         # -I: ignore PYTHON* variables and user site; -S: skip site (3-5 ms of start-up; the
         # bootstrap adds the paths it needs); -u: unbuffered, so output before a timeout
         # is kept; -B: no .pyc writes into the workspace.
-        return [settings.python_path, "-I", "-S", "-u", "-B", "-c", PYTHON_BOOTSTRAP, *fds, pids]
+        return [settings.python_binary, "-I", "-S", "-u", "-B", "-c", PYTHON_BOOTSTRAP, *fds, pids]
     if language == "javascript":
         heap_mb = max(32, settings.memory_limit_mb * 3 // 4)
-        node = [settings.node_path, f"--max-old-space-size={heap_mb}", "-e", NODE_BOOTSTRAP, *fds]
+        node = [settings.node_binary, f"--max-old-space-size={heap_mb}", "-e", NODE_BOOTSTRAP, *fds]
         # node has no setrlimit(): util-linux prlimit sets it and execs node (about 1 ms).
         prlimit = shutil.which("prlimit", path="/usr/bin:/bin")
         if prlimit is not None:
             return [prlimit, f"--nproc={pids}:{pids}", "--", *node]
         wrapper = f'ulimit -u {pids} && exec "$@"'
-        return [settings.bash_path, "--noprofile", "--norc", "-c", wrapper, "bash", *node]
+        return [settings.bash_binary, "--noprofile", "--norc", "-c", wrapper, "bash", *node]
     if language == "shell":
-        return [settings.bash_path, "--noprofile", "--norc", "-c", SHELL_BOOTSTRAP, "bash", *fds, pids]
+        return [settings.bash_binary, "--noprofile", "--norc", "-c", SHELL_BOOTSTRAP, "bash", *fds, pids]
     raise ValueError(f"unsupported language {language!r}")
 
 

@@ -54,7 +54,7 @@ class Spawner:
     """Owns the helper process and its socket."""
 
     def __init__(self, python_path: str) -> None:
-        self.python_path = python_path
+        self.python_binary = python_path
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._replies: collections.deque[asyncio.Future[dict[str, Any]]] = collections.deque()
@@ -72,7 +72,7 @@ class Spawner:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = subprocess.Popen(
-                [self.python_path, "-I", "-S", "-c", SPAWNER_SOURCE, str(theirs.fileno())],
+                [self.python_binary, "-I", "-S", "-c", SPAWNER_SOURCE, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,

@@ -127,7 +127,7 @@ def test_check_workspace_not_writable_by_the_sandbox_user(tmp_path: Path) -> Non
 
 
 def test_check_missing_interpreter(workspace: Path) -> None:
-    proc = _cli("check", env={"WORKSPACE_PATH": str(workspace), "NODE_PATH": "/nonexistent/node"})
+    proc = _cli("check", env={"WORKSPACE_PATH": str(workspace), "NODE_BINARY": "/nonexistent/node"})
     assert proc.returncode == 1
     assert "[FAIL] node" in proc.stdout and "apt-get install -y nodejs" in proc.stdout
 

@@ -175,7 +175,7 @@ def test_dockerfile_matches_the_manifests() -> None:
     assert "HEALTHCHECK" in final and "/health" in final
     env = dockerfile_env()
     assert env["EXECUTOR_HOST"] == "0.0.0.0" and env["EXECUTOR_PORT"] == "8080"
-    assert env["PYTHON_PATH"] == "/usr/bin/python3"
+    assert env["PYTHON_BINARY"] == "/usr/bin/python3"
     # The daemon's virtualenv must stay outside what a sandbox binds (/usr, /lib*, /bin, /etc).
     venv_bin = env["PATH"].split(":")[0]
     assert venv_bin.endswith("/venv/bin")

@@ -282,7 +282,7 @@ def test_pip_runs_in_a_sandbox_with_nothing_of_the_daemon(
                             str(tmp_path / "cache"): PIP_CACHE_MOUNT,
                             str(tmp_path / "scratch"): "/workspace"}
         inner = argv[sep + 1:]
-        assert inner[0] == settings.python_path
+        assert inner[0] == settings.python_binary
         assert "--isolated" in inner and "--no-input" in inner
         assert inner[inner.index("--index-url") + 1] == "http://127.0.0.1:9/simple"
         assert inner[inner.index("--target") + 1] == "/opt/sandbox-venv"

@@ -111,17 +111,17 @@ def test_shell_event_file_is_documented_path() -> None:
 def test_interpreter_commands() -> None:
     s = Settings(memory_limit_mb=512, pids_limit=77)
     py = interpreter_command("python", s, 3, 4)
-    assert py[0] == s.python_path and py[-3:] == ["3", "4", "77"]
+    assert py[0] == s.python_binary and py[-3:] == ["3", "4", "77"]
     assert {"-I", "-S", "-u", "-B"} <= set(py)
     js = interpreter_command("javascript", s, 3, 4)
-    node_at = js.index(s.node_path)
+    node_at = js.index(s.node_binary)
     assert js[-2:] == ["3", "4"]
     # node cannot lower its own RLIMIT_NPROC: a wrapper does it, then execs node.
     assert node_at > 0 and any("77" in arg for arg in js[:node_at])
     heap = next(a for a in js if a.startswith("--max-old-space-size="))
     assert int(heap.split("=")[1]) < 512  # the heap cap sits below the rlimit: a clean OOM
     sh = interpreter_command("shell", s, 3, 4)
-    assert sh[0] == s.bash_path and sh[-3:] == ["3", "4", "77"]
+    assert sh[0] == s.bash_binary and sh[-3:] == ["3", "4", "77"]
     with pytest.raises(ValueError):
         interpreter_command("ruby", s, 3, 4)  # type: ignore[arg-type]
 
