@@ -163,7 +163,7 @@ def check_interpreters(settings: Settings) -> list[CheckResult]:
             results.append(CheckResult(name, True, path))
         else:
             package = {"python": "python3", "node": "nodejs", "bash": "bash"}[name]
-            remedy = f"apt-get install -y {package} (or set {name.upper()}_PATH)"
+            remedy = f"apt-get install -y {package} (or set {name.upper()}_BINARY)"
             results.append(CheckResult(name, False, f"{path} not found", remedy))
     return results
 
