@@ -112,7 +112,7 @@ def _run_probe_sandbox(settings: Settings) -> ExecutionResult:
         request = ExecuteRequest(
             execution_id="startup-check", code="echo sandbox-ok", language="shell", timeout=30
         )
-        return _run_coroutine(Engine(probe).execute(request))
+        return _run_coroutine(Engine(probe).execute_once(request))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

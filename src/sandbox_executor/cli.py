@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         env_vars=dict(kv.split("=", 1) for kv in args.env or []),
     )
     try:
-        result = asyncio.run(Engine(settings).execute(request))
+        result = asyncio.run(Engine(settings).execute_once(request))
     finally:
         if temp is not None:
             temp.cleanup()

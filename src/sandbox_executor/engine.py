@@ -110,6 +110,13 @@ class Engine:
         """Stop the spawner helper (its sandboxes die with it)."""
         await self.spawner.aclose()
 
+    async def execute_once(self, request: ExecuteRequest) -> ExecutionResult:
+        """Run one request and stop the helper process: for one-shot callers (CLI, check)."""
+        try:
+            return await self.execute(request)
+        finally:
+            await self.aclose()
+
     async def execute(self, request: ExecuteRequest) -> ExecutionResult:
         """Run ``request`` to completion; never raises for anything the user code did."""
         job = job_from_request(request, self.settings)

@@ -127,6 +127,8 @@ class _Daemon:
         if self.reporter is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.reporter.aclose(), 0.2)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.engine.aclose(), 0.2)
         return self.exit_code
 
 
