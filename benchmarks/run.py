@@ -209,6 +209,25 @@ def daemon_fds(server: RunningServer) -> int:
     return len(os.listdir(f"/proc/{server.process.pid}/fd"))
 
 
+def helper_rss(server: RunningServer) -> int:
+    """RSS of the daemon's own helper processes (e.g. a spawner), sandboxes not counted."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_bytes()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(b")") + 2 :].split()[1])
+        if ppid == server.process.pid and not cmdline.startswith(b"bwrap"):
+            for line in Path(f"/proc/{entry}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+    return total
+
+
 _GAUGE = re.compile(r'^sandbox_warm_pool_(ready|sandboxes)\{language="(\w+)"\} ([0-9.e+]+)$', re.M)
 
 
@@ -315,7 +334,8 @@ def measure_executor(cp: FakeControlPlaneProcess, scale: float) -> dict[str, Any
     try:
         wait_pool_ready(ex.client, "python", 10)
         settle(server)
-        idle = {"rss_bytes": daemon_rss(server), "fds": daemon_fds(server)}
+        idle = {"rss_bytes": daemon_rss(server), "fds": daemon_fds(server),
+                "helper_rss_bytes": helper_rss(server)}
         for language in languages:
             ex.run(language)
             n = max(10, int(SAMPLES[language] * scale))
@@ -441,6 +461,8 @@ def print_report(report: dict[str, Any], meta: dict[str, Any]) -> None:
           f"filled by {meta['warmup_executions']} executions before 'after_warmup')")
     for k in ("idle", "after_warmup", f"after_{LOAD_EXECUTIONS}"):
         print(f"  {k:<16} RSS {fp[k]['rss_bytes'] / 2**20:6.1f} MiB   fds {fp[k]['fds']}")
+    print(f"  helper processes (not the daemon, not sandboxes) idle: "
+          f"{fp['idle']['helper_rss_bytes'] / 2**20:.1f} MiB")
     print(f"  pool at end: {fp['pool_at_end']['warm_sandboxes']} sandbox(es), "
           f"{(fp['pool_at_end']['memory_bytes'] or 0) / 2**20:.1f} MiB")
     print("\nTargets")

@@ -67,11 +67,12 @@ def test_pool_size_zero_keeps_no_sandbox() -> None:
         assert health["warm_sandboxes"] == 0 and health["warm_pool_memory_bytes"] == 0
         assert _run(client, "def handler(event):\n    return 1\n")["return_value"] == 1
         assert "sandbox_warm_pool_takes_total{" not in client.get("/metrics").text
-        assert not [p for p in _children(server.process.pid) if b"bwrap" in _cmdline(p)]
+        time.sleep(0.3)
+        assert not [p for p in _descendants(server.process.pid) if _cmdline(p).startswith(b"bwrap")]
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -79,9 +80,13 @@ def _children(pid: int) -> list[int]:
                     stat = f.read()
             except OSError:
                 continue
-            if int(stat[stat.rfind(b")") + 2 :].split()[1]) == pid:
-                kids.append(int(entry))
-    return kids
+            children.setdefault(int(stat[stat.rfind(b")") + 2 :].split()[1]), []).append(int(entry))
+    found, stack = [], list(children.get(pid, []))
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack.extend(children.get(child, []))
+    return found
 
 
 def _cmdline(pid: int) -> bytes:
