@@ -129,13 +129,20 @@ class Engine:
                 # A host problem (bwrap missing, fds exhausted, seccomp refused), never the
                 # user's: reported as crashed, the daemon carries on.
                 log.error("sandbox_start_failed", error=str(exc))
+                self.last_start_error = str(exc)
                 return crashed_result(str(exc), TerminationReason.SANDBOX_ERROR, time.monotonic() - started)
         if self.settings.disable_bwrap:
             log.warning("isolation_disabled", execution_id=request.execution_id)
         try:
-            return await sandbox.run(job, request.stdin, str(self.settings.workspace_dir))
+            result = await sandbox.run(job, request.stdin, str(self.settings.workspace_dir))
         finally:
             await sandbox.discard()
+        # /health reports sandboxes that cannot start until one starts again.
+        if result.termination_reason == TerminationReason.SANDBOX_ERROR:
+            self.last_start_error = result.error or "the sandbox could not be created"
+        else:
+            self.last_start_error = None
+        return result
 
 
 def _load_seccomp() -> bytes | None:

@@ -22,7 +22,7 @@ from . import metrics
 from .config import Settings
 from .engine import Engine
 from .errors import ApiError
-from .models import ExecuteRequest, ExecutionResult, Status, TerminationReason
+from .models import ExecuteRequest, ExecutionResult, TerminationReason
 from .runner import crashed_result
 
 if TYPE_CHECKING:
@@ -246,10 +246,6 @@ class ExecutionService:
             stdout_bytes=len(result.stdout),
             stderr_bytes=len(result.stderr),
         )
-        if result.status == Status.CRASHED and result.termination_reason == TerminationReason.SANDBOX_ERROR:
-            self.engine.last_start_error = result.error or "sandbox error"
-        elif self.engine.last_start_error is not None:
-            self.engine.last_start_error = None
         try:
             if self.reporter is not None:
                 await self.reporter.submit_result(request.execution_id, request.session_id, result)

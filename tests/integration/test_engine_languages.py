@@ -53,6 +53,25 @@ async def test_python_async_handler(run_code: RunCode) -> None:
     assert result.status == Status.SUCCESS and result.return_value == 7
 
 
+async def test_python_multiprocessing_pool_with_handler_functions(run_code: RunCode) -> None:
+    # Pickle looks functions up in __main__: user code must live in a real __main__ module.
+    code = _code(
+        """
+        import multiprocessing
+
+        def square(x):
+            return x * x
+
+        def handler(event):
+            with multiprocessing.Pool(2) as pool:
+                return pool.map(square, range(5))
+        """
+    )
+    result = await run_code(code)
+    assert result.status == Status.SUCCESS, result.stderr
+    assert result.return_value == [0, 1, 4, 9, 16]
+
+
 async def test_python_without_handler_fails_clearly(run_code: RunCode) -> None:
     result = await run_code("x = 1\nprint('ran')\n")
     assert result.status == Status.FAILED

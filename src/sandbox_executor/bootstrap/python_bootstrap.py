@@ -80,7 +80,15 @@ def _sandbox_main() -> None:
         return text
 
     _register_source(filename, code)
-    namespace: dict[str, Any] = {"__name__": "__main__", "__file__": filename, "__builtins__": __builtins__}
+    # A real module registered as __main__ (the bootstrap's own is `-c`'s): pickle finds
+    # the user's functions there, so multiprocessing.Pool works with handler-defined code.
+    import types
+
+    main_module = types.ModuleType("__main__")
+    main_module.__file__ = filename
+    main_module.__builtins__ = __builtins__  # type: ignore[attr-defined]
+    sys.modules["__main__"] = main_module
+    namespace: dict[str, Any] = main_module.__dict__
     sys.argv = [filename]
     try:
         compiled = compile(code, filename, "exec")
