@@ -24,138 +24,162 @@ class Settings(BaseSettings):
 
     # --- HTTP service -----------------------------------------------------------------
     executor_host: str = Field(
-        "127.0.0.1",
+        default="127.0.0.1",
         description="Listen address; an unauthenticated code runner stays on loopback unless told otherwise (images set 0.0.0.0).",
     )
-    executor_port: int = Field(8080, description="Listen port (the control plane always uses 8080).")
+    executor_port: int = Field(default=8080, description="Listen port (the control plane always uses 8080).")
     executor_api_token: str | None = Field(
-        None,
+        default=None,
         repr=False,
         description="When set, every route but /health needs `Authorization: Bearer <token>`.",
     )
     log_level: str = Field(
-        "INFO", description="DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stdout."
+        default="INFO", description="DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stdout."
     )
     max_request_bytes: int = Field(
-        4 * MIB, description="Largest request body accepted, checked before parsing (400 beyond)."
+        default=4 * MIB, description="Largest request body accepted, checked before parsing (400 beyond)."
     )
-    max_concurrent_executions: int = Field(1, ge=1, le=64, description="Executions running at once.")
+    max_concurrent_executions: int = Field(default=1, ge=1, le=64, description="Executions running at once.")
     max_queued_executions: int = Field(
-        10,
+        default=10,
         ge=0,
         le=10_000,
         description="Accepted executions waiting for a slot; beyond it 503 Executor.QueueFull.",
     )
     executions_retention_seconds: int = Field(
-        3600, description="How long finished executions stay readable at GET /executions/{id}."
+        default=3600, description="How long finished executions stay readable at GET /executions/{id}."
     )
     executions_retention_count: int = Field(
-        1000, description="How many finished executions stay readable at most."
+        default=1000, description="How many finished executions stay readable at most."
     )
 
     # --- Paths ------------------------------------------------------------------------
     workspace_path: str = Field(
-        "/workspace",
+        default="/workspace",
         description="The session's workspace directory; an `s3://...` value means the local mount WORKSPACE_MOUNT_POINT.",
     )
-    workspace_mount_point: str = Field("/workspace", description="Where an S3 workspace is mounted locally.")
+    workspace_mount_point: str = Field(
+        default="/workspace", description="Where an S3 workspace is mounted locally."
+    )
     results_dir: Path = Field(
-        Path("/var/lib/sandbox-executor/results"),
+        default=Path("/var/lib/sandbox-executor/results"),
         description="Durable outbox of results not yet delivered (and undeliverable ones).",
     )
     sandbox_venv_path: Path = Field(
-        Path("/opt/sandbox-venv"),
+        default=Path("/opt/sandbox-venv"),
         description="Session dependencies (a symlink to the current installed tree), bound read-only into sandboxes.",
     )
 
     # --- Control plane ----------------------------------------------------------------
     control_plane_url: str | None = Field(
-        None, description="Base URL for callbacks; unset: standalone, nothing is sent."
+        default=None, description="Base URL for callbacks; unset: standalone, nothing is sent."
     )
     internal_api_token: str | None = Field(
-        None,
+        default=None,
         repr=False,
         description="Sent as `Authorization: Bearer` on callbacks when set; never logged, never visible to user code.",
     )
     callback_prefix: str = Field(
-        "/api/v1/internal", description="Path prefix of the control plane's callback routes."
+        default="/api/v1/internal", description="Path prefix of the control plane's callback routes."
     )
-    callback_timeout_seconds: float = Field(10.0, description="HTTP timeout of one callback attempt.")
+    callback_timeout_seconds: float = Field(default=10.0, description="HTTP timeout of one callback attempt.")
     callback_max_attempts: int = Field(
-        6, description="Attempts per result before it waits in the outbox for the replayer."
+        default=6, description="Attempts per result before it waits in the outbox for the replayer."
     )
     callback_max_backoff_seconds: float = Field(
-        10.0, description="Longest wait between two attempts (exponential backoff with jitter)."
+        default=10.0, description="Longest wait between two attempts (exponential backoff with jitter)."
     )
     outbox_replay_interval_seconds: float = Field(
-        30.0, description="How often undelivered results are retried (also at start-up)."
+        default=30.0, description="How often undelivered results are retried (also at start-up)."
     )
-    heartbeat_interval: float = Field(5.0, description="Seconds between heartbeats of a running execution.")
+    heartbeat_interval: float = Field(
+        default=5.0, description="Seconds between heartbeats of a running execution."
+    )
     container_id: str | None = Field(
-        None, description="container_id in lifecycle callbacks; default HOSTNAME, then the kernel's hostname."
+        default=None,
+        description="container_id in lifecycle callbacks; default HOSTNAME, then the kernel's hostname.",
     )
-    pod_name: str | None = Field(None, description="pod_name in lifecycle callbacks.")
-    hostname: str | None = Field(None, description="Set by the container runtime; the default container_id.")
+    pod_name: str | None = Field(default=None, description="pod_name in lifecycle callbacks.")
+    hostname: str | None = Field(
+        default=None, description="Set by the container runtime; the default container_id."
+    )
 
     # --- Sandbox ----------------------------------------------------------------------
     disable_bwrap: bool = Field(
-        False,
+        default=False,
         description="`true` runs user code WITHOUT a sandbox: development only, warned at start and per run, /health says isolation none.",
     )
-    bwrap_path: str = Field("bwrap", description="The bubblewrap binary.")
+    bwrap_path: str = Field(default="bwrap", description="The bubblewrap binary.")
     python_binary: str = Field(
-        "/usr/bin/python3",
+        default="/usr/bin/python3",
         description="Interpreter for `python` (must live under /usr: it runs inside the sandbox).",
     )
-    node_binary: str = Field("/usr/bin/node", description="Interpreter for `javascript`.")
-    bash_binary: str = Field("/bin/bash", description="Interpreter for `shell`.")
+    node_binary: str = Field(default="/usr/bin/node", description="Interpreter for `javascript`.")
+    bash_binary: str = Field(default="/bin/bash", description="Interpreter for `shell`.")
     sandbox_uid: int = Field(
-        65534, description="uid user code runs as when the daemon is root (otherwise the daemon's own uid)."
+        default=65534,
+        description="uid user code runs as when the daemon is root (otherwise the daemon's own uid).",
     )
-    sandbox_gid: int = Field(65534, description="gid user code runs as when the daemon is root.")
+    sandbox_gid: int = Field(default=65534, description="gid user code runs as when the daemon is root.")
     seccomp_enabled: bool = Field(
-        True, description="Install the seccomp filter of docs/SECURITY.md in every sandbox."
+        default=True, description="Install the seccomp filter of docs/SECURITY.md in every sandbox."
     )
     warm_pool_size: int = Field(
-        1, ge=0, le=8, description="Pre-started sandboxes per recently used language; 0 turns the pool off."
+        default=1,
+        ge=0,
+        le=8,
+        description="Pre-started sandboxes per recently used language; 0 turns the pool off.",
     )
 
     # --- Limits (defaults; per-request values are clamped to the maxima) ---------------
-    default_timeout_seconds: int = Field(30, description="Timeout of a request that sends none.")
+    default_timeout_seconds: int = Field(default=30, description="Timeout of a request that sends none.")
     max_timeout_seconds: int = Field(
-        3600, ge=1, le=3600, description="Requested timeouts are clamped to this."
+        default=3600, ge=1, le=3600, description="Requested timeouts are clamped to this."
     )
     memory_limit_mb: int = Field(
-        512, ge=64, description="Memory per process of a run (RLIMIT_DATA; node's heap is sized below it)."
+        default=512,
+        ge=64,
+        description="Memory per process of a run (RLIMIT_DATA; node's heap is sized below it).",
     )
-    pids_limit: int = Field(256, ge=16, description="Processes and threads per run (a fork bomb stops here).")
+    pids_limit: int = Field(
+        default=256, ge=16, description="Processes and threads per run (a fork bomb stops here)."
+    )
     max_output_bytes: int = Field(
-        10 * MIB,
+        default=10 * MIB,
         ge=1024,
         description="Kept per stream (stdout, stderr); the rest is drained and dropped, *_truncated set.",
     )
     max_return_value_bytes: int = Field(
-        10 * MIB, ge=1024, description="Largest serialized handler return value."
+        default=10 * MIB, ge=1024, description="Largest serialized handler return value."
     )
-    tmpfs_size_mb: int = Field(256, ge=1, description="Size of each sandbox's private /tmp (and /dev/shm).")
-    max_file_size_mb: int = Field(1024, ge=1, description="Largest file a run may write (RLIMIT_FSIZE).")
-    max_open_files: int = Field(1024, ge=64, description="Open files per process (RLIMIT_NOFILE).")
+    tmpfs_size_mb: int = Field(
+        default=256, ge=1, description="Size of each sandbox's private /tmp (and /dev/shm)."
+    )
+    max_file_size_mb: int = Field(
+        default=1024, ge=1, description="Largest file a run may write (RLIMIT_FSIZE)."
+    )
+    max_open_files: int = Field(default=1024, ge=64, description="Open files per process (RLIMIT_NOFILE).")
     cpu_time_limit_seconds: int | None = Field(
-        None,
+        default=None,
         description="CPU seconds per process (RLIMIT_CPU backstop); default 2 x MAX_TIMEOUT_SECONDS + 10.",
     )
     artifact_max_files: int = Field(
-        20_000, description="Workspace entries scanned per snapshot; beyond it artifacts_truncated is set."
+        default=20_000,
+        description="Workspace entries scanned per snapshot; beyond it artifacts_truncated is set.",
     )
     artifact_max_hash_bytes: int = Field(
-        256 * MIB, description="Bytes hashed (sha256) per run across all artifacts."
+        default=256 * MIB, description="Bytes hashed (sha256) per run across all artifacts."
     )
-    artifact_max_reported: int = Field(1000, description="Artifacts reported per run.")
+    artifact_max_reported: int = Field(default=1000, description="Artifacts reported per run.")
 
     # --- Dependencies -----------------------------------------------------------------
-    dependency_install_timeout_seconds: int = Field(300, description="Timeout of one sandboxed pip install.")
-    dependency_max_entries: int = Field(200, description="Requirements accepted per sync.")
-    pip_cache_dir: Path | None = Field(None, description="pip's cache (default: beside SANDBOX_VENV_PATH).")
+    dependency_install_timeout_seconds: int = Field(
+        default=300, description="Timeout of one sandboxed pip install."
+    )
+    dependency_max_entries: int = Field(default=200, description="Requirements accepted per sync.")
+    pip_cache_dir: Path | None = Field(
+        default=None, description="pip's cache (default: beside SANDBOX_VENV_PATH)."
+    )
 
     @field_validator("callback_prefix")
     @classmethod
