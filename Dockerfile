@@ -99,7 +99,6 @@ ENV PATH=/srv/executor/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
     EXECUTOR_PORT=8080 \
     WORKSPACE_PATH=/workspace \
     RESULTS_DIR=/var/lib/sandbox-executor/results \
-    STATE_DIR=/var/lib/sandbox-executor/state \
     SANDBOX_VENV_PATH=/opt/sandbox-venv \
     PYTHON_BINARY=/usr/bin/python3 \
     BWRAP_PATH=/usr/bin/bwrap
