@@ -137,12 +137,11 @@ def test_every_written_path_is_a_volume(name: str, spec: dict[str, Any]) -> None
     image_env = dockerfile_env()
     workspace = env.get("WORKSPACE_PATH") or image_env["WORKSPACE_PATH"]
     results = Path(env.get("RESULTS_DIR") or image_env["RESULTS_DIR"])
-    state = Path(env.get("STATE_DIR") or image_env["STATE_DIR"])
     default_venv = str(Settings.model_fields["sandbox_venv_path"].default)
     venv = env.get("SANDBOX_VENV_PATH") or image_env.get("SANDBOX_VENV_PATH") or default_venv
     # SANDBOX_VENV_PATH is a symlink the daemon replaces atomically beside "<path>.d": the
     # directory holding it must be writable, not just the path.
-    for path in (workspace, str(results.parent), str(state.parent), str(Path(venv).parent), "/tmp"):
+    for path in (workspace, str(results.parent), str(Path(venv).parent), "/tmp"):
         assert path in mounts, f"{path} is written but not mounted"
         assert "emptyDir" in volumes[mounts[path]] or "persistentVolumeClaim" in volumes[mounts[path]]
 
