@@ -318,13 +318,17 @@ class WarmPool:
         try:
             sandbox = await self.engine.start_sandbox(language)
         except Exception as exc:
-            lane.starting -= 1
             self._failed(language, f"start failed: {exc}")
             return
-        lane.starting -= 1
+        finally:
+            lane.starting -= 1
         if self._closed or generation != self._generation or not self._wanted(lane):
             POOL_DISCARDS.labels("invalidated").inc()
             await sandbox.discard()
+            if not self._closed and self._wanted(lane):
+                # Invalidated while starting: the refill that invalidate() scheduled
+                # counted this start as on its way.
+                self._schedule_refill(language, 0.0)
             return
         exited = sandbox.exited
         if exited is None or exited.done():

@@ -461,3 +461,17 @@ async def test_return_values_are_encoded_like_json_dumps(
         namespace: dict[str, Any] = {"event": event}
         want = expected if expected is not None else json.loads(json.dumps(eval(expression, namespace)))
         assert result.return_value == want
+
+
+async def test_invalidate_during_a_start_still_refills(pool_settings: Settings) -> None:
+    async with warm_engine(pool_settings) as (engine, pool):
+        for _ in range(20):
+            if pool.stats()["starting"]:
+                break
+            await asyncio.sleep(0)
+        assert pool.stats()["starting"] == 1  # the first start is in flight...
+        await pool.invalidate()  # ...and belongs to the old generation now
+        assert await pool.wait_ready("python", timeout=10), pool.stats()
+        assert pool.stats()["warm_sandboxes"] == 1
+        result = await run_warm(engine, pool, request("def handler(event):\n    return 'new'\n"))
+        assert result.return_value == "new"
