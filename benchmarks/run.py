@@ -206,7 +206,27 @@ def daemon_rss(server: RunningServer) -> int:
 
 
 def daemon_fds(server: RunningServer) -> int:
-    return len(os.listdir(f"/proc/{server.process.pid}/fd"))
+    """Open descriptors, the least of five readings 0.2 s apart: a callback connection or a
+    sandbox being replaced at the instant of one reading is not a leak."""
+    counts = []
+    for _ in range(5):
+        counts.append(len(os.listdir(f"/proc/{server.process.pid}/fd")))
+        time.sleep(0.2)
+    return min(counts)
+
+
+def fd_kinds(server: RunningServer) -> dict[str, int]:
+    """Open descriptors by kind (pipe, socket, anon_inode:[pidfd]...), for the JSON."""
+    kinds: dict[str, int] = {}
+    base = f"/proc/{server.process.pid}/fd"
+    for name in os.listdir(base):
+        try:
+            target = os.readlink(f"{base}/{name}")
+        except OSError:
+            continue
+        kind = target.split(":[")[0] if ":[" in target else ("file" if target.startswith("/") else target)
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
 
 
 def helper_rss(server: RunningServer) -> int:
@@ -345,10 +365,10 @@ def measure_executor(cp: FakeControlPlaneProcess, scale: float) -> dict[str, Any
         # back to back (python; the pool serves what it can keep up with).
         load = [ex.run("python") for _ in range(WARMUP_EXECUTIONS)]
         settle(server)
-        before = {"rss_bytes": daemon_rss(server), "fds": daemon_fds(server)}
+        before = {"rss_bytes": daemon_rss(server), "fds": daemon_fds(server), "fd_kinds": fd_kinds(server)}
         load = [ex.run("python") for _ in range(LOAD_EXECUTIONS)]
         settle(server, 2.0)
-        after = {"rss_bytes": daemon_rss(server), "fds": daemon_fds(server)}
+        after = {"rss_bytes": daemon_rss(server), "fds": daemon_fds(server), "fd_kinds": fd_kinds(server)}
         health = ex.client.get("/health").json()
         metrics_text = ex.client.get("/metrics").text
     finally:
