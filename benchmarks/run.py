@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -347,6 +348,7 @@ def measure_executor(cp: FakeControlPlaneProcess, scale: float) -> dict[str, Any
     finally:
         ex.close()
         stop_server(server)
+        shutil.rmtree(server.workspace.parent, ignore_errors=True)
 
     # Warm path, then the footprint under 1000 executions, on one daemon.
     server = start_daemon(1, cp.url)
@@ -374,6 +376,7 @@ def measure_executor(cp: FakeControlPlaneProcess, scale: float) -> dict[str, Any
     finally:
         ex.close()
         stop_server(server)
+        shutil.rmtree(server.workspace.parent, ignore_errors=True)
     takes = {
         outcome: sum(float(v) for v in re.findall(
             rf'^sandbox_warm_pool_takes_total\{{[^}}]*outcome="{outcome}"[^}}]*\}} ([0-9.e+]+)$',
@@ -506,8 +509,11 @@ def main() -> int:
     workspace = Path(tempfile.mkdtemp(prefix="bench-ws-", dir="/tmp"))
     workspace.chmod(0o755)
     os.chown(workspace, SANDBOX_UID, SANDBOX_UID)
-    print("bare interpreters and bwrap ...", flush=True)
-    bare = measure_bare(workspace, scale)
+    try:
+        print("bare interpreters and bwrap ...", flush=True)
+        bare = measure_bare(workspace, scale)
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
     cp = FakeControlPlaneProcess()
     try:
         print("executor: cold daemon, warm daemon, 1000 executions ...", flush=True)
