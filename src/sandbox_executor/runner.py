@@ -79,7 +79,8 @@ class Limits:
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
         cpu = settings.cpu_time_limit_seconds or (settings.max_timeout_seconds * 2 + 10)
-        slots = settings.max_concurrent_executions + settings.warm_pool_size + 1
+        # The pool keeps warm_pool_size sandboxes per language (three languages).
+        slots = settings.max_concurrent_executions + 3 * settings.warm_pool_size + 1
         return cls(
             memory_bytes=settings.memory_limit_mb * MIB,
             pids=settings.pids_limit,

@@ -110,8 +110,8 @@ class Daemon:
 
     def close(self) -> None:
         self.client.close()
-        stop_server(self.server)
         self.clean_workspace()
+        stop_server(self.server)
         shutil.rmtree(self.server.workspace.parent, ignore_errors=True)
 
     # ------------------------------------------------------------------ requests

@@ -41,6 +41,7 @@ class RunningServer:
     results_dir: Path
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    owns_base_dir: bool = False
 
     def client(self, timeout: float = 30.0) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout)
@@ -123,24 +124,24 @@ def start_server(
         results_dir=results,
         log_path=log_path,
         env=full_env,
+        owns_base_dir=base_dir is None,
     )
     if wait_ready:
         deadline = time.monotonic() + ready_timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(
-                    f"daemon exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
-                )
+                tail = log_path.read_text()[-3000:]
+                stop_server(server)
+                raise RuntimeError(f"daemon exited with {process.returncode}:\n{tail}")
             try:
                 if httpx.get(f"{server.url}/health", timeout=1).status_code in (200, 503):
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
+                tail = log_path.read_text()[-3000:]
                 stop_server(server)
-                raise RuntimeError(
-                    f"daemon not ready after {ready_timeout}s:\n{log_path.read_text()[-3000:]}"
-                )
+                raise RuntimeError(f"daemon not ready after {ready_timeout}s:\n{tail}")
             time.sleep(0.05)
     return server
 
@@ -154,6 +155,10 @@ def stop_server(server: RunningServer, timeout: float = 5.0) -> int | None:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
+    if server.owns_base_dir:
+        # rm, not shutil.rmtree: attacks leave trees deeper than Python's recursion limit;
+        # --one-file-system and rm's own no-follow rules keep symlinks to / harmless.
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(server.log_path.parent)], check=False)
     return server.process.returncode
 
 

@@ -32,6 +32,13 @@ def warm_pool_size() -> int | None:
 
 async def execute(engine: Engine, request: ExecuteRequest) -> ExecutionResult:
     """``engine.execute(request)``, through a pre-started sandbox when the run asks for it."""
+    try:
+        return await _execute(engine, request)
+    finally:
+        await engine.aclose()  # the engine's spawner helper would outlive the test otherwise
+
+
+async def _execute(engine: Engine, request: ExecuteRequest) -> ExecutionResult:
     size = warm_pool_size()
     if not size or engine.settings.disable_bwrap:
         return await engine.execute(request)
