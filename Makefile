@@ -34,8 +34,14 @@ serve: setup
 	WORKSPACE_PATH=$(CURDIR)/var/workspace RESULTS_DIR=$(CURDIR)/var/results \
 	  $(VENV)/bin/sandbox-executor serve
 
+# Three passes: everything cold (no warm pool anywhere); the engine, API and security
+# suites again with every execution in a pre-started sandbox; the security suite with the
+# daemon itself unprivileged.
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	SANDBOX_TEST_WARM_POOL=0 $(PYTEST) $(PYTEST_ARGS)
+	SANDBOX_TEST_WARM_POOL=1 $(PYTEST) tests/integration/test_engine_*.py tests/integration/test_api.py tests/security
+	SECURITY_DAEMON_USER=nobody $(PYTEST) tests/security
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
