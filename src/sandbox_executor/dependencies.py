@@ -75,7 +75,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from .config import MIB, Settings
 from .errors import ApiError, validation_error
 from .runtimes import SANDBOX_VENV_MOUNT
-from .sandbox import Mount, SandboxSpec, build_bwrap_argv, bwrap_supports, host_system_mounts
+from .sandbox import (
+    Mount,
+    SandboxSpec,
+    build_bwrap_argv,
+    host_system_mounts,
+    installed_bwrap_supports,
+    load_seccomp_program,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -89,8 +96,20 @@ RETRY_AFTER_SECONDS = 10
 # A replaced tree is deleted once no execution that started before the switch can still run.
 RETIRE_MARGIN_SECONDS = 60
 # Names pip would read as a local archive path rather than a project name.
-_ARCHIVE_SUFFIXES = (".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz",
-                     ".txz", ".tlz", ".tar.lz", ".tar.lzma")
+_ARCHIVE_SUFFIXES = (
+    ".whl",
+    ".zip",
+    ".tar",
+    ".tar.gz",
+    ".tgz",
+    ".tar.bz2",
+    ".tbz",
+    ".tar.xz",
+    ".txz",
+    ".tlz",
+    ".tar.lz",
+    ".tar.lzma",
+)
 # Printable ASCII only: no newlines, tabs, NULs or look-alike Unicode in an entry.
 _PRINTABLE = re.compile(r"^[\x20-\x7e]+$")
 _VERSION_DIR = re.compile(r"^v(\d+)$")
@@ -125,9 +144,14 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"version": self.version, "requirements": self.requirements,
-             "index_url": self.index_url, "installed": self.installed},
-            indent=1, sort_keys=True,
+            {
+                "version": self.version,
+                "requirements": self.requirements,
+                "index_url": self.index_url,
+                "installed": self.installed,
+            },
+            indent=1,
+            sort_keys=True,
         )
 
     @classmethod
@@ -169,12 +193,13 @@ def normalize_requirement(entry: Any) -> tuple[str, str]:
         )
     if not _PRINTABLE.match(text):
         raise validation_error(
-            "A dependency entry contains control, whitespace other than spaces, or non-ASCII "
-            "characters.", {"entry": shown},
+            "A dependency entry contains control, whitespace other than spaces, or non-ASCII characters.",
+            {"entry": shown},
         )
     if text.startswith("-"):
         raise validation_error(
-            "pip options are not accepted as dependencies.", {"entry": shown},
+            "pip options are not accepted as dependencies.",
+            {"entry": shown},
             "List requirement specifiers only, e.g. 'requests==2.31.0'; set the index with "
             "python_package_index_url.",
         )
@@ -186,7 +211,8 @@ def normalize_requirement(entry: Any) -> tuple[str, str]:
         ) from exc
     if req.url:
         raise validation_error(
-            "Direct URL requirements are not accepted.", {"entry": shown},
+            "Direct URL requirements are not accepted.",
+            {"entry": shown},
             "Name the project and publish it on the package index.",
         )
     name = canonicalize_name(req.name)
@@ -200,9 +226,7 @@ def normalize_requirement(entry: Any) -> tuple[str, str]:
 def normalize_requirements(entries: Sequence[Any], max_entries: int) -> dict[str, str]:
     """Validate a list of entries; a later entry for the same project replaces an earlier one."""
     if len(entries) > max_entries:
-        raise validation_error(
-            f"Too many dependencies ({len(entries)}); at most {max_entries} are accepted."
-        )
+        raise validation_error(f"Too many dependencies ({len(entries)}); at most {max_entries} are accepted.")
     result: dict[str, str] = {}
     for entry in entries:
         name, spec = normalize_requirement(entry)
@@ -557,7 +581,9 @@ def compiled_pip_copy(pip_dir: str, root: Path, python: str) -> str | None:
         shutil.copytree(pip_dir, tmp / "pip", ignore=shutil.ignore_patterns("__pycache__"))
         done = subprocess.run(
             [python, "-I", "-m", "compileall", "-q", "-j", "0", str(tmp / "pip")],
-            capture_output=True, timeout=300, check=False,
+            capture_output=True,
+            timeout=300,
+            check=False,
         )
         if done.returncode != 0:
             raise OSError(f"compileall failed: {done.stdout[-500:]!r}")
@@ -606,8 +632,9 @@ class PipRunner:
         if self._pip is None:
             pip_dir, fallback = find_pip(self.settings)
             if pip_dir and self.runtime_root is not None and not self.settings.disable_bwrap:
-                pip_dir = compiled_pip_copy(pip_dir, self.runtime_root,
-                                            self.settings.python_binary) or pip_dir
+                pip_dir = (
+                    compiled_pip_copy(pip_dir, self.runtime_root, self.settings.python_binary) or pip_dir
+                )
             self._pip = (pip_dir, fallback)
         return self._pip
 
@@ -616,22 +643,10 @@ class PipRunner:
             return
         self._mounts = host_system_mounts()
         if not self.settings.disable_bwrap:
-            bwrap = shutil.which(self.settings.bwrap_path) or self.settings.bwrap_path
-            try:
-                help_text = subprocess.run(
-                    [bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False
-                ).stdout
-            except (OSError, TimeoutError):
-                help_text = ""
-            self._disable_userns = bwrap_supports(help_text, "--disable-userns")
+            self._disable_userns = installed_bwrap_supports(self.settings.bwrap_path, "--disable-userns")
             if self.settings.seccomp_enabled:
                 # The executions' filter: an sdist build is untrusted code with network.
-                try:
-                    from . import seccomp
-
-                    self._seccomp_program = seccomp.build_program()
-                except (ImportError, OSError) as exc:
-                    log.warning("dependency_seccomp_unavailable", error=str(exc))
+                self._seccomp_program = load_seccomp_program()
 
     def ids(self) -> tuple[int, int] | None:
         """The uid/gid pip runs as: the sandbox user when the daemon is root."""
@@ -647,8 +662,7 @@ class PipRunner:
             ("PYTHONDONTWRITEBYTECODE", "1"),
         ]
         if os.path.isfile(CA_BUNDLE):
-            env += [("SSL_CERT_FILE", CA_BUNDLE), ("PIP_CERT", CA_BUNDLE),
-                    ("REQUESTS_CA_BUNDLE", CA_BUNDLE)]
+            env += [("SSL_CERT_FILE", CA_BUNDLE), ("PIP_CERT", CA_BUNDLE), ("REQUESTS_CA_BUNDLE", CA_BUNDLE)]
         return env
 
     def pip_arguments(self, job: PipJob, target: str, cache: str) -> list[str]:
@@ -656,23 +670,26 @@ class PipRunner:
         args = [
             "--isolated",  # no pip.conf, no PIP_* variables: only what is listed here
             "install",
-            "--target", target,
-            "--cache-dir", cache,
-            "--index-url", job.index_url,
+            "--target",
+            target,
+            "--cache-dir",
+            cache,
+            "--index-url",
+            job.index_url,
             "--no-input",
             "--disable-pip-version-check",
             "--no-warn-script-location",
-            "--progress-bar", "off",
-            "--root-user-action", "ignore",
+            "--progress-bar",
+            "off",
+            "--root-user-action",
+            "ignore",
         ]
         if os.path.isfile(CA_BUNDLE):
             args += ["--cert", CA_BUNDLE]
         # Validated PEP 508 strings; "--" ends option parsing for good measure.
         return [*args, "--", *job.requirements]
 
-    def command(
-        self, job: PipJob
-    ) -> tuple[list[str], list[int], dict[str, str], str | None]:
+    def command(self, job: PipJob) -> tuple[list[str], list[int], dict[str, str], str | None]:
         """(argv, descriptors to pass (the caller closes them), Popen environment, cwd)."""
         pip_dir, fallback = self.locate_pip()
         if self.settings.disable_bwrap:
@@ -696,7 +713,7 @@ class PipRunner:
         uid, gid = self.settings.sandbox_ids()
         files = {
             "/etc/passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
-                           f"sandbox:x:{uid}:{gid}:sandbox:/workspace:/bin/bash\n",
+            f"sandbox:x:{uid}:{gid}:sandbox:/workspace:/bin/bash\n",
             "/etc/group": f"root:x:0:\nsandbox:x:{gid}:\n",
             "/etc/nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
         }
@@ -747,7 +764,9 @@ class PipRunner:
             )
         except OSError as exc:
             raise ApiError(
-                500, "Executor.InternalError", "The dependency installer could not start.",
+                500,
+                "Executor.InternalError",
+                "The dependency installer could not start.",
                 str(exc),
             ) from exc
         finally:
@@ -853,15 +872,16 @@ class DependencyManager:
         started_at = now_iso()
         validate_runtime(request.language_runtime)
         index_url = validate_index_url(request.python_package_index_url)
-        requested = normalize_requirements(
-            request.dependencies, self.settings.dependency_max_entries
-        )
+        requested = normalize_requirements(request.dependencies, self.settings.dependency_max_entries)
         try:
             await asyncio.wait_for(self._lock.acquire(), self.lock_wait_seconds)
         except TimeoutError:
             raise ApiError(
-                503, "Executor.Busy", "Another dependency sync is in progress.",
-                None, f"Retry in {RETRY_AFTER_SECONDS} seconds.",
+                503,
+                "Executor.Busy",
+                "Another dependency sync is in progress.",
+                None,
+                f"Retry in {RETRY_AFTER_SECONDS} seconds.",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             ) from None
         try:
@@ -884,8 +904,12 @@ class DependencyManager:
         wanted = dict(requested)
         if request.sync_mode == "merge" and current is not None:
             wanted = {**current.requirements, **requested}
-        logger = log.bind(session_id=request.session_id, mode=request.sync_mode,
-                          index_url=redact_url(index_url), requirements=sorted(wanted.values()))
+        logger = log.bind(
+            session_id=request.session_id,
+            mode=request.sync_mode,
+            index_url=redact_url(index_url),
+            requirements=sorted(wanted.values()),
+        )
         if (
             current is not None
             and current.version != "external"
@@ -930,9 +954,7 @@ class DependencyManager:
         if ids is not None and os.stat(cache).st_uid != ids[0]:
             _chown_tree(cache, ids)
 
-    async def _install(
-        self, new: Path, wanted: dict[str, str], index_url: str, logger: Any
-    ) -> Manifest:
+    async def _install(self, new: Path, wanted: dict[str, str], index_url: str, logger: Any) -> Manifest:
         if wanted:
             scratch = self.store.root / f"scratch-{new.name}"
             await asyncio.to_thread(self._make_scratch, scratch, new)
@@ -943,8 +965,12 @@ class DependencyManager:
                 await asyncio.to_thread(remove_tree, scratch)
             self.last_pip_duration = outcome.duration
             if outcome.timed_out or outcome.returncode != 0:
-                logger.warning("dependency_install_failed", returncode=outcome.returncode,
-                               timed_out=outcome.timed_out, duration=round(outcome.duration, 3))
+                logger.warning(
+                    "dependency_install_failed",
+                    returncode=outcome.returncode,
+                    timed_out=outcome.timed_out,
+                    duration=round(outcome.duration, 3),
+                )
                 raise _install_failed(outcome, self.settings.dependency_install_timeout_seconds)
             logger.info("dependency_install_done", duration=round(outcome.duration, 3))
         owner = (os.geteuid(), os.getegid()) if self.settings.runs_as_root else None
@@ -967,7 +993,9 @@ class DependencyManager:
 def _store_error(store: VenvStore, exc: OSError) -> ApiError:
     log.error("dependency_store_error", path=str(store.root), error=str(exc))
     return ApiError(
-        500, "Executor.InternalError", "The dependency directory cannot be written.",
+        500,
+        "Executor.InternalError",
+        "The dependency directory cannot be written.",
         f"{type(exc).__name__}: {exc.strerror or exc}",
         f"Make the parent of SANDBOX_VENV_PATH ({store.link.parent}) writable by the daemon.",
     )
@@ -981,6 +1009,9 @@ def _install_failed(outcome: PipOutcome, timeout: int) -> ApiError:
     else:
         description = f"pip failed to install the dependencies (exit code {outcome.returncode})."
     return ApiError(
-        422, "Executor.DependencyInstallFailed", description, tail,
+        422,
+        "Executor.DependencyInstallFailed",
+        description,
+        tail,
         "Check the package names, versions and the index URL; the previous set stays installed.",
     )

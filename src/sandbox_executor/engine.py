@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 
@@ -14,7 +12,7 @@ from .config import Settings
 from .models import ExecuteRequest, ExecutionResult, Language, TerminationReason
 from .runner import Limits, Sandbox, SandboxStartError, crashed_result, job_from_request
 from .runtimes import SANDBOX_VENV_MOUNT, base_environment
-from .sandbox import Mount, SandboxSpec, bwrap_supports, host_system_mounts
+from .sandbox import Mount, SandboxSpec, host_system_mounts, installed_bwrap_supports, load_seccomp_program
 from .spawner import Spawner
 
 log = structlog.get_logger(__name__)
@@ -59,16 +57,9 @@ class Engine:
             "/etc/nsswitch.conf": b"passwd: files\ngroup: files\nhosts: files\n",
         }
         if not self.settings.disable_bwrap:
-            bwrap = shutil.which(self.settings.bwrap_path) or self.settings.bwrap_path
-            try:
-                help_text = subprocess.run(
-                    [bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False
-                ).stdout
-            except OSError:
-                help_text = ""
-            self._disable_userns = bwrap_supports(help_text, "--disable-userns")
+            self._disable_userns = installed_bwrap_supports(self.settings.bwrap_path, "--disable-userns")
             if self._seccomp_program is None and self.settings.seccomp_enabled:
-                self._seccomp_program = _load_seccomp()
+                self._seccomp_program = load_seccomp_program()
 
     @property
     def seccomp_active(self) -> bool:
@@ -143,16 +134,3 @@ class Engine:
         else:
             self.last_start_error = None
         return result
-
-
-def _load_seccomp() -> bytes | None:
-    try:
-        from . import seccomp
-
-        return seccomp.build_program()
-    except ImportError as exc:
-        # No libseccomp on this host: namespaces and dropped capabilities still hold, but
-        # say loudly that the second wall is missing.
-        log.warning("seccomp_unavailable", error=str(exc))
-        return None
-

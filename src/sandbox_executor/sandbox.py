@@ -149,3 +149,32 @@ def host_system_mounts(etc_overlays: Sequence[Mount] = ()) -> list[Mount]:
 def bwrap_supports(bwrap_help: str, option: str) -> bool:
     """Whether the installed bwrap lists ``option`` in its --help text."""
     return option in bwrap_help
+
+
+def installed_bwrap_supports(bwrap_path: str, option: str) -> bool:
+    """Inspect the host once: does the bwrap at ``bwrap_path`` have ``option``?"""
+    import shutil
+    import subprocess
+
+    bwrap = shutil.which(bwrap_path) or bwrap_path
+    try:
+        help_text = subprocess.run(
+            [bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        help_text = ""
+    return bwrap_supports(help_text, option)
+
+
+def load_seccomp_program() -> bytes | None:
+    """The sandboxes' seccomp program, or None (loudly) where libseccomp is missing."""
+    try:
+        from . import seccomp
+
+        return seccomp.build_program()
+    except (ImportError, OSError) as exc:
+        # Namespaces and dropped capabilities still hold; the second wall is missing.
+        import structlog
+
+        structlog.get_logger(__name__).warning("seccomp_unavailable", error=str(exc))
+        return None
