@@ -60,13 +60,14 @@ class Spawner:
         self._replies: collections.deque[asyncio.Future[dict[str, Any]]] = collections.deque()
         self._children: dict[int, asyncio.Future[tuple[int, Usage | None]]] = {}
         self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def running(self) -> bool:
         return self._sock is not None and self._proc is not None and self._proc.poll() is None
 
     def _ensure_started(self) -> None:
-        if self.running:
+        if self.running and self._loop is asyncio.get_running_loop():
             return
         self._teardown("the spawner restarted")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -81,12 +82,16 @@ class Spawner:
             theirs.close()
         ours.setblocking(False)
         self._sock = ours
-        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
+        # The socket is watched by one event loop; a caller on another loop (a second
+        # asyncio.run) gets a fresh helper rather than replies nobody reads.
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(ours.fileno(), self._on_readable)
 
     def _teardown(self, reason: str) -> None:
         if self._sock is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            if self._loop is not None and not self._loop.is_closed():
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
         while self._replies:
@@ -144,7 +149,7 @@ class Spawner:
         rlimits: Sequence[tuple[int, int, int]] = (),
     ) -> SpawnedChild:
         """Start ``argv`` with ``fds`` (child fd number -> our fd) in a new session."""
-        if self._lock is None:
+        if self._lock is None or self._loop is not asyncio.get_running_loop():
             self._lock = asyncio.Lock()
         async with self._lock:
             self._ensure_started()

@@ -79,3 +79,21 @@ async def test_spawner_restarts_after_dying(spawner: Spawner) -> None:
     spawner._proc.wait()
     child = await spawner.spawn(["/bin/true"], fds={0: 0, 1: 1, 2: 2}, env={})
     assert (await child.exited)[0] == 0
+
+
+def test_a_second_event_loop_gets_a_working_helper() -> None:
+    import asyncio
+
+    spawner = Spawner("/usr/bin/python3")
+
+    async def once() -> int:
+        child = await spawner.spawn(["/bin/true"], fds={0: 0, 1: 1, 2: 2}, env={})
+        return (await child.exited)[0]
+
+    assert asyncio.run(once()) == 0
+    assert asyncio.run(asyncio.wait_for(once(), 10)) == 0
+
+    async def close() -> None:
+        await spawner.aclose()
+
+    asyncio.run(close())
