@@ -37,7 +37,8 @@ class Settings(BaseSettings):
         default="INFO", description="DEBUG, INFO, WARNING or ERROR; logs are JSON lines on stdout."
     )
     max_request_bytes: int = Field(
-        default=4 * MIB, description="Largest request body accepted, checked before parsing (400 beyond)."
+        default=16 * MIB,
+        description="Largest request body accepted, checked before parsing (400 beyond); room for 1 MiB of code and a 1 MiB event even when JSON escaping multiplies them.",
     )
     max_concurrent_executions: int = Field(default=1, ge=1, le=64, description="Executions running at once.")
     max_queued_executions: int = Field(

@@ -149,10 +149,23 @@ def test_body_not_json_is_400(client: httpx.Client) -> None:
 
 
 def test_body_over_cap_is_refused_before_parsing(client: httpx.Client) -> None:
-    blob = b'{"execution_id": "big", "language": "python", "code": "' + b"x" * (5 * 1024 * 1024) + b'"}'
+    blob = b'{"execution_id": "big", "language": "python", "code": "' + b"x" * (17 * 1024 * 1024) + b'"}'
     resp = client.post("/execute", content=blob, headers={"content-type": "application/json"})
     assert resp.status_code == 400
     assert "exceeds" in resp.json()["description"]
+
+
+def test_one_mib_of_code_and_event_fit_even_when_escaping_inflates_them(client: httpx.Client) -> None:
+    # 1 MiB of code and a 1 MiB event are accepted whatever JSON escaping does to them:
+    # newlines double, control characters grow sixfold (\u0001).
+    prefix = "def handler(event):\n    return len(event['s'])\n"
+    code = prefix + "\n" * (1024 * 1024 - len(prefix))
+    event = {"s": "\x01" * (1024 * 1024 - 16)}
+    body = json.dumps({"execution_id": new_id(), "language": "python", "code": code, "event": event})
+    assert len(body) > 7 * 1024 * 1024  # the old 4 MiB cap refused this
+    resp = client.post("/execute?wait=true", content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == 200, resp.text[:500]
+    assert resp.json()["return_value"] == len(event["s"])
 
 
 def test_idempotent_replay_runs_once_and_conflict_is_409(client: httpx.Client, server: RunningServer) -> None:

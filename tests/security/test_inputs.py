@@ -137,7 +137,7 @@ def test_a_one_mib_event_is_delivered(daemon: Daemon, language: str) -> None:
 
 def test_a_body_over_the_cap_is_refused(daemon: Daemon) -> None:
     _assert_400(daemon, {"execution_id": new_id(), "language": "python", "code": OK_CODE,
-                         "event": {"blob": "e" * (5 * 1024 * 1024)}})
+                         "event": {"blob": "e" * (17 * 1024 * 1024)}})
     daemon.assert_survived()
 
 
