@@ -82,7 +82,9 @@ from .sandbox import (
     host_system_mounts,
     installed_bwrap_supports,
     load_seccomp_program,
+    memfd_with,
 )
+from .spawner import Spawner
 
 log = structlog.get_logger(__name__)
 
@@ -626,6 +628,8 @@ class PipRunner:
         self._pip: tuple[str | None, list[str]] | None = None
         # Where a compiled copy of pip may live (set by the manager: the store's root).
         self.runtime_root: Path | None = None
+        # pip is forked by its own spawner helper, like every sandbox (see spawner.py).
+        self.spawner = Spawner(settings.python_binary)
 
     def locate_pip(self) -> tuple[str | None, list[str]]:
         """pip's package dir to bind (a compiled copy when possible) and the fallback argv."""
@@ -717,9 +721,9 @@ class PipRunner:
             "/etc/group": f"root:x:0:\nsandbox:x:{gid}:\n",
             "/etc/nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
         }
-        data_files = [(_memfd(path, text.encode()), path) for path, text in files.items()]
+        data_files = [(memfd_with(path, text.encode()), path) for path, text in files.items()]
         prog = self._seccomp_program
-        seccomp_fd = _memfd("seccomp", prog) if prog else None
+        seccomp_fd = memfd_with("seccomp", prog) if prog else None
         spec = SandboxSpec(
             command=argv,
             workspace=str(job.scratch),
@@ -745,24 +749,20 @@ class PipRunner:
         if not self.settings.disable_bwrap:
             await asyncio.to_thread(self.prepare)
         argv, fds, env, cwd = self.command(job)
-        ids = self.ids()
-        kwargs: dict[str, Any] = {}
-        if ids is not None:
-            kwargs.update(user=ids[0], group=ids[1], extra_groups=[])
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                pass_fds=fds,
+            child = await self.spawner.spawn(
+                argv,
+                fds={0: devnull, 1: out_w, 2: out_w, **{fd: fd for fd in fds}},
                 env=env,
                 cwd=cwd,
-                start_new_session=True,
-                preexec_fn=_pip_limits(self.settings),
-                **kwargs,
+                uid_gid=self.ids(),
+                rlimits=_pip_rlimits(self.settings),
+                umask=0o022,
             )
         except OSError as exc:
+            os.close(out_r)
             raise ApiError(
                 500,
                 "Executor.InternalError",
@@ -770,64 +770,56 @@ class PipRunner:
                 str(exc),
             ) from exc
         finally:
-            for fd in fds:
+            for fd in (*fds, out_w, devnull):
                 os.close(fd)
         tail = bytearray()
         timed_out = False
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(out_r, "rb", buffering=0)
+        )
 
         async def pump() -> None:
-            assert proc.stdout is not None
-            while chunk := await proc.stdout.read(65536):
+            while chunk := await reader.read(65536):
                 tail.extend(chunk)
                 if len(tail) > OUTPUT_TAIL_BYTES:
                     del tail[: len(tail) - OUTPUT_TAIL_BYTES]
-            await proc.wait()
+            await child.exited
 
         try:
             await asyncio.wait_for(pump(), timeout)
         except TimeoutError:
             timed_out = True
+            # bwrap's --die-with-parent takes the whole PID namespace down with it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
         finally:
-            if proc.returncode is None:
-                # bwrap's --die-with-parent takes the whole PID namespace down with it.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+            returncode, _usage = await child.exited
+            transport.close()
         return PipOutcome(
-            returncode=proc.returncode,
+            returncode=returncode,
             output_tail=tail.decode("utf-8", "replace"),
             timed_out=timed_out,
             duration=time.monotonic() - started,
         )
 
 
-def _memfd(name: str, data: bytes) -> int:
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    os.write(fd, data)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
-
-
-def _pip_limits(settings: Settings) -> Callable[[], None]:
+def _pip_rlimits(settings: Settings) -> list[tuple[int, int, int]]:
+    """Limits for bwrap, pip and any build it runs (set between fork and exec)."""
     memory = max(settings.memory_limit_mb, 2048) * MIB
     pids = max(settings.pids_limit, 256)
     fsize = settings.max_file_size_mb * MIB
     nofile = max(settings.max_open_files, 1024)
     cpu = settings.dependency_install_timeout_seconds + 30
-
-    def apply() -> None:
-        # Between fork and exec, after the uid switch: binds bwrap, pip and any build.
-        os.umask(0o022)
-        resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_NPROC, (pids, pids))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    return apply
+    return [
+        (resource.RLIMIT_DATA, memory, memory),
+        (resource.RLIMIT_NPROC, pids, pids),
+        (resource.RLIMIT_FSIZE, fsize, fsize),
+        (resource.RLIMIT_NOFILE, nofile, nofile),
+        (resource.RLIMIT_CPU, cpu, cpu + 5),
+        (resource.RLIMIT_CORE, 0, 0),
+    ]
 
 
 # ---------------------------------------------------------------------------- the manager
@@ -856,6 +848,10 @@ class DependencyManager:
         if not self._loaded:
             self._current = self.store.load_current()
             self._loaded = True
+
+    async def aclose(self) -> None:
+        """Stop pip's spawner helper."""
+        await self.pip.spawner.aclose()
 
     def installed(self) -> list[dict[str, Any]]:
         """The currently installed distributions (for logs and /health)."""

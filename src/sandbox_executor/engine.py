@@ -12,17 +12,17 @@ from .config import Settings
 from .models import ExecuteRequest, ExecutionResult, Language, TerminationReason
 from .runner import Limits, Sandbox, SandboxStartError, crashed_result, job_from_request
 from .runtimes import SANDBOX_VENV_MOUNT, base_environment
-from .sandbox import Mount, SandboxSpec, host_system_mounts, installed_bwrap_supports, load_seccomp_program
+from .sandbox import (
+    Mount,
+    SandboxSpec,
+    host_system_mounts,
+    installed_bwrap_supports,
+    load_seccomp_program,
+    memfd_with,
+)
 from .spawner import Spawner
 
 log = structlog.get_logger(__name__)
-
-
-def _memfd(name: str, data: bytes) -> int:
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    os.write(fd, data)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
 
 
 class Engine:
@@ -68,8 +68,8 @@ class Engine:
     def spec(self, *, command: Sequence[str], info_fd: int, language: Language) -> SandboxSpec:
         """The sandbox shape for one start; opens the single-use descriptors it names."""
         assert self._mounts is not None
-        data_files = tuple((_memfd(path, data), path) for path, data in self._etc_files.items())
-        seccomp_fd = _memfd("seccomp", self._seccomp_program) if self._seccomp_program else None
+        data_files = tuple((memfd_with(path, data), path) for path, data in self._etc_files.items())
+        seccomp_fd = memfd_with("seccomp", self._seccomp_program) if self._seccomp_program else None
         extra = [Mount("ro-bind-try", os.path.realpath(self.settings.sandbox_venv_path), SANDBOX_VENV_MOUNT)]
         return SandboxSpec(
             command=command,

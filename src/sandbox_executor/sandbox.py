@@ -178,3 +178,11 @@ def load_seccomp_program() -> bytes | None:
 
         structlog.get_logger(__name__).warning("seccomp_unavailable", error=str(exc))
         return None
+
+
+def memfd_with(name: str, data: bytes) -> int:
+    """A close-on-exec memfd holding ``data``, at offset 0: a single-use bwrap data file."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd

@@ -129,6 +129,9 @@ class _Daemon:
                 await asyncio.wait_for(self.reporter.aclose(), 0.2)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.engine.aclose(), 0.2)
+        if self.service.dependencies is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.service.dependencies.aclose(), 0.2)
         return self.exit_code
 
 

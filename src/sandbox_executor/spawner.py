@@ -147,6 +147,7 @@ class Spawner:
         cwd: str | None = None,
         uid_gid: tuple[int, int] | None = None,
         rlimits: Sequence[tuple[int, int, int]] = (),
+        umask: int | None = None,
     ) -> SpawnedChild:
         """Start ``argv`` with ``fds`` (child fd number -> our fd) in a new session."""
         if self._lock is None or self._loop is not asyncio.get_running_loop():
@@ -162,6 +163,7 @@ class Spawner:
                 "uid": uid_gid[0] if uid_gid else None,
                 "gid": uid_gid[1] if uid_gid else None,
                 "rlimits": [list(r) for r in rlimits],
+                "umask": umask,
             }
             payload = json.dumps(request).encode()
             ancillary = [

@@ -77,6 +77,8 @@ def _exec_child(req: dict[str, Any], fds: list[int], errw: int) -> NoReturn:
         os.setresuid(uid, uid, uid)
     for res, soft, hard in req.get("rlimits", ()):
         resource.setrlimit(res, (soft, hard))
+    if req.get("umask") is not None:
+        os.umask(req["umask"])
     targets = req["fds"]
     # Move everything above the targets first so no dup2 clobbers a source.
     floor = max([*targets, 2]) + 1
