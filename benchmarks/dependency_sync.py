@@ -34,8 +34,10 @@ def new_base() -> Path:
 
 def settings_for(base: Path, cache: Path | None = None) -> Settings:
     return Settings(
-        workspace_path=str(base / "ws"), sandbox_venv_path=base / "venv",
-        results_dir=base / "results", pip_cache_dir=cache,
+        workspace_path=str(base / "ws"),
+        sandbox_venv_path=base / "venv",
+        results_dir=base / "results",
+        pip_cache_dir=cache,
     )
 
 
@@ -54,13 +56,17 @@ async def timed(fn: Callable[[], Awaitable[object]]) -> float:
 
 
 def summary(samples: list[float]) -> dict[str, float]:
-    return {"median_ms": round(statistics.median(samples), 2), "min_ms": round(min(samples), 2),
-            "max_ms": round(max(samples), 2), "n": len(samples)}
+    return {
+        "median_ms": round(statistics.median(samples), 2),
+        "min_ms": round(min(samples), 2),
+        "max_ms": round(max(samples), 2),
+        "n": len(samples),
+    }
 
 
 async def main(repeat: int) -> dict[str, dict[str, float]]:
     results: dict[str, list[float]] = {
-        "first_sync_fresh_store_one_wheel": [],   # includes compiling pip's copy once
+        "first_sync_fresh_store_one_wheel": [],  # includes compiling pip's copy once
         "install_one_wheel_cold_pip_cache": [],
         "install_one_wheel_warm_pip_cache": [],
         "merge_add_one_wheel": [],
@@ -71,14 +77,14 @@ async def main(repeat: int) -> dict[str, dict[str, float]]:
         index.add_wheel("gamma", "1.0", {"gamma.py": "VALUE = 2\n"})
 
         def request(deps: list[str], mode: str = "replace") -> SyncRequest:
-            return SyncRequest(python_package_index_url=index.url, dependencies=deps,
-                               sync_mode=mode)  # type: ignore[arg-type]
+            return SyncRequest(python_package_index_url=index.url, dependencies=deps, sync_mode=mode)  # type: ignore[arg-type]
 
         for _ in range(max(1, repeat // 3)):
             base = new_base()
             manager = DependencyManager(settings_for(base))
             results["first_sync_fresh_store_one_wheel"].append(
-                await timed(lambda m=manager: m.sync(request(["alpha"]))))
+                await timed(lambda m=manager: m.sync(request(["alpha"])))
+            )
             shutil.rmtree(base)
 
         base = new_base()
@@ -88,15 +94,19 @@ async def main(repeat: int) -> dict[str, dict[str, float]]:
             manager = DependencyManager(settings_for(base, cache))
             deps = ["gamma"] if i % 2 == 0 else ["alpha"]
             results["install_one_wheel_cold_pip_cache"].append(
-                await timed(lambda m=manager, d=deps: m.sync(request(d))))
+                await timed(lambda m=manager, d=deps: m.sync(request(d)))
+            )
             other = ["alpha"] if deps == ["gamma"] else ["gamma"]
             results["install_one_wheel_warm_pip_cache"].append(
-                await timed(lambda m=manager, d=other: m.sync(request(d))))
+                await timed(lambda m=manager, d=other: m.sync(request(d)))
+            )
             results["merge_add_one_wheel"].append(
-                await timed(lambda m=manager, d=deps: m.sync(request(d, "merge"))))
+                await timed(lambda m=manager, d=deps: m.sync(request(d, "merge")))
+            )
             for _ in range(20):
                 results["noop_resync"].append(
-                    await timed(lambda m=manager: m.sync(request(["alpha", "gamma"]))))
+                    await timed(lambda m=manager: m.sync(request(["alpha", "gamma"])))
+                )
             shutil.rmtree(cache)
         shutil.rmtree(base)
     return {name: summary(samples) for name, samples in results.items()}

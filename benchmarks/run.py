@@ -56,12 +56,7 @@ HELLO = "hello world"
 # What the executor runs, per language; the handler returns the moment it finished, for
 # the callback measurement.
 EXECUTOR_CODE = {
-    "python": (
-        "import time\n"
-        "def handler(event):\n"
-        f"    print({HELLO!r})\n"
-        "    return time.monotonic()\n"
-    ),
+    "python": (f"import time\ndef handler(event):\n    print({HELLO!r})\n    return time.monotonic()\n"),
     "javascript": f"console.log({HELLO!r});\n",
     "shell": f"echo '{HELLO}'\n",
 }
@@ -175,7 +170,9 @@ class FakeControlPlaneProcess:
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", FAKE_CP_SCRIPT.format(repo=str(REPO))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()
@@ -284,8 +281,13 @@ class Executor:
     def run(self, language: str, code: str | None = None) -> float:
         self.count += 1
         eid = f"exec_bench_{self.tag}_{self.count:06d}"
-        body = {"execution_id": eid, "session_id": "bench", "language": language,
-                "code": code or EXECUTOR_CODE[language], "timeout": 10}
+        body = {
+            "execution_id": eid,
+            "session_id": "bench",
+            "language": language,
+            "code": code or EXECUTOR_CODE[language],
+            "timeout": 10,
+        }
         started = time.perf_counter()
         response = self.client.post("/execute", params={"wait": "true"}, json=body)
         elapsed = time.perf_counter() - started
@@ -317,14 +319,16 @@ WARMUP_EXECUTIONS = 300
 
 
 def start_daemon(pool_size: int, control_plane_url: str) -> RunningServer:
-    return start_server({
-        "WARM_POOL_SIZE": str(pool_size),
-        "CONTROL_PLANE_URL": control_plane_url,
-        "HOSTNAME": "bench-executor",
-        "LOG_LEVEL": "INFO",
-        "MAX_QUEUED_EXECUTIONS": "100",
-        "EXECUTIONS_RETENTION_COUNT": str(RETENTION),
-    })
+    return start_server(
+        {
+            "WARM_POOL_SIZE": str(pool_size),
+            "CONTROL_PLANE_URL": control_plane_url,
+            "HOSTNAME": "bench-executor",
+            "LOG_LEVEL": "INFO",
+            "MAX_QUEUED_EXECUTIONS": "100",
+            "EXECUTIONS_RETENTION_COUNT": str(RETENTION),
+        }
+    )
 
 
 def settle(server: RunningServer, seconds: float = 1.0) -> None:
@@ -356,8 +360,11 @@ def measure_executor(cp: FakeControlPlaneProcess, scale: float) -> dict[str, Any
     try:
         wait_pool_ready(ex.client, "python", 10)
         settle(server)
-        idle = {"rss_bytes": daemon_rss(server), "fds": daemon_fds(server),
-                "helper_rss_bytes": helper_rss(server)}
+        idle = {
+            "rss_bytes": daemon_rss(server),
+            "fds": daemon_fds(server),
+            "helper_rss_bytes": helper_rss(server),
+        }
         for language in languages:
             ex.run(language)
             n = max(10, int(SAMPLES[language] * scale))
@@ -378,19 +385,27 @@ def measure_executor(cp: FakeControlPlaneProcess, scale: float) -> dict[str, Any
         stop_server(server)
         shutil.rmtree(server.workspace.parent, ignore_errors=True)
     takes = {
-        outcome: sum(float(v) for v in re.findall(
-            rf'^sandbox_warm_pool_takes_total\{{[^}}]*outcome="{outcome}"[^}}]*\}} ([0-9.e+]+)$',
-            metrics_text, re.M,
-        ))
+        outcome: sum(
+            float(v)
+            for v in re.findall(
+                rf'^sandbox_warm_pool_takes_total\{{[^}}]*outcome="{outcome}"[^}}]*\}} ([0-9.e+]+)$',
+                metrics_text,
+                re.M,
+            )
+        )
         for outcome in ("hit", "miss")
     }
     out["back_to_back_python"] = summary(load) | {"pool_hits": takes["hit"], "pool_misses": takes["miss"]}
     out["footprint"] = {
-        "idle": idle, "after_warmup": before, f"after_{LOAD_EXECUTIONS}": after,
+        "idle": idle,
+        "after_warmup": before,
+        f"after_{LOAD_EXECUTIONS}": after,
         "rss_growth_bytes": after["rss_bytes"] - before["rss_bytes"],
         "fd_growth": after["fds"] - before["fds"],
-        "pool_at_end": {"warm_sandboxes": health.get("warm_sandboxes"),
-                        "memory_bytes": health.get("warm_pool_memory_bytes")},
+        "pool_at_end": {
+            "warm_sandboxes": health.get("warm_sandboxes"),
+            "memory_bytes": health.get("warm_pool_memory_bytes"),
+        },
     }
 
     # Callbacks: arrival at the control plane minus the handler's return (paced series only).
@@ -416,26 +431,33 @@ def build_report(bare: dict[str, Any], ex: dict[str, Any]) -> dict[str, Any]:
         bwrap_hello = bare[f"bwrap {binary} hello"]
         for path in ("cold", "warm"):
             s = ex[path][language]
-            rows.append({
-                "language": language, "path": path, **s,
-                "ratio_to_bare": ratio(s["median_ms"], bare_hello["median_ms"]),
-                "ratio_to_python_pass": ratio(s["median_ms"], base),
-                "over_bwrap_ms": round(s["median_ms"] - bwrap_hello["median_ms"], 3),
-            })
+            rows.append(
+                {
+                    "language": language,
+                    "path": path,
+                    **s,
+                    "ratio_to_bare": ratio(s["median_ms"], bare_hello["median_ms"]),
+                    "ratio_to_python_pass": ratio(s["median_ms"], base),
+                    "over_bwrap_ms": round(s["median_ms"] - bwrap_hello["median_ms"], 3),
+                }
+            )
     warm_py = ex["warm"]["python"]
     cold_over = {r["language"]: r["over_bwrap_ms"] for r in rows if r["path"] == "cold"}
     fp = ex["footprint"]
     targets = {
         "python warm median < bare python3 -c pass": {
-            "value": ratio(warm_py["median_ms"], base), "limit": "< 1.0",
+            "value": ratio(warm_py["median_ms"], base),
+            "limit": "< 1.0",
             "met": warm_py["median_ms"] < base,
         },
         "python warm p95 <= 2x bare median": {
-            "value": ratio(warm_py["p95_ms"], base), "limit": "<= 2.0",
+            "value": ratio(warm_py["p95_ms"], base),
+            "limit": "<= 2.0",
             "met": warm_py["p95_ms"] <= 2 * base,
         },
         "cold overhead over bare bwrap+interpreter <= 5 ms": {
-            "value": cold_over, "limit": "<= 5 ms each",
+            "value": cold_over,
+            "limit": "<= 5 ms each",
             "met": all(v <= 5.0 for v in cold_over.values()),
         },
         "callback within 20 ms of run end (median, p95)": {
@@ -446,7 +468,8 @@ def build_report(bare: dict[str, Any], ex: dict[str, Any]) -> dict[str, Any]:
             ),
         },
         "daemon idle RSS <= 60 MiB": {
-            "value": round(fp["idle"]["rss_bytes"] / 2**20, 1), "limit": "<= 60 MiB",
+            "value": round(fp["idle"]["rss_bytes"] / 2**20, 1),
+            "limit": "<= 60 MiB",
             "met": fp["idle"]["rss_bytes"] <= 60 * 2**20,
         },
         f"no RSS / fd growth over {LOAD_EXECUTIONS} executions": {
@@ -460,8 +483,10 @@ def build_report(bare: dict[str, Any], ex: dict[str, Any]) -> dict[str, Any]:
 
 def print_report(report: dict[str, Any], meta: dict[str, Any]) -> None:
     bare, ex = report["bare"], report["executor"]
-    print(f"\n{meta['host']}  {meta['cpus']} CPUs  commit {meta['commit']}  load before: "
-          f"{meta['load_before']}  after: {meta['load_after']}  duration {meta['duration_s']:.0f} s")
+    print(
+        f"\n{meta['host']}  {meta['cpus']} CPUs  commit {meta['commit']}  load before: "
+        f"{meta['load_before']}  after: {meta['load_after']}  duration {meta['duration_s']:.0f} s"
+    )
     print("\nBare runs (fork+exec from this process to exit)")
     print(f"  {'command':<28}{'median':>9}{'p95':>9}")
     for name, s in bare.items():
@@ -469,25 +494,37 @@ def print_report(report: dict[str, Any], meta: dict[str, Any]) -> None:
     print("\nExecutor end to end: POST /execute?wait=true -> response (ms)")
     print(f"  {'language':<11}{'path':<6}{'median':>8}{'p95':>8}{'/bare':>8}{'/py pass':>9}{'-bwrap':>8}")
     for r in report["rows"]:
-        print(f"  {r['language']:<11}{r['path']:<6}{r['median_ms']:>8.2f}{r['p95_ms']:>8.2f}"
-              f"{r['ratio_to_bare']:>8.2f}{r['ratio_to_python_pass']:>9.2f}{r['over_bwrap_ms']:>+8.2f}")
+        print(
+            f"  {r['language']:<11}{r['path']:<6}{r['median_ms']:>8.2f}{r['p95_ms']:>8.2f}"
+            f"{r['ratio_to_bare']:>8.2f}{r['ratio_to_python_pass']:>9.2f}{r['over_bwrap_ms']:>+8.2f}"
+        )
     b2b = ex["back_to_back_python"]
-    print(f"  python back-to-back x{b2b['n']}: median {b2b['median_ms']:.2f}  p95 {b2b['p95_ms']:.2f}  "
-          f"(pool hits {b2b['pool_hits']:.0f}, misses {b2b['pool_misses']:.0f} over the whole daemon run)")
+    print(
+        f"  python back-to-back x{b2b['n']}: median {b2b['median_ms']:.2f}  p95 {b2b['p95_ms']:.2f}  "
+        f"(pool hits {b2b['pool_hits']:.0f}, misses {b2b['pool_misses']:.0f} over the whole daemon run)"
+    )
     print("\nResult callback: arrival at the control plane - handler return (ms)")
     for k in ("callback_cold", "callback_warm"):
         s = ex[k]
-        print(f"  {k[9:]:<6} median {s['median_ms']:.2f}  p95 {s['p95_ms']:.2f}  max {s['max_ms']:.2f}"
-              f"  (n={s['n']}, missing {s['missing']})")
+        print(
+            f"  {k[9:]:<6} median {s['median_ms']:.2f}  p95 {s['p95_ms']:.2f}  max {s['max_ms']:.2f}"
+            f"  (n={s['n']}, missing {s['missing']})"
+        )
     fp = ex["footprint"]
-    print(f"\nDaemon footprint (pool on; result history capped at {meta['retention_count']}, "
-          f"filled by {meta['warmup_executions']} executions before 'after_warmup')")
+    print(
+        f"\nDaemon footprint (pool on; result history capped at {meta['retention_count']}, "
+        f"filled by {meta['warmup_executions']} executions before 'after_warmup')"
+    )
     for k in ("idle", "after_warmup", f"after_{LOAD_EXECUTIONS}"):
         print(f"  {k:<16} RSS {fp[k]['rss_bytes'] / 2**20:6.1f} MiB   fds {fp[k]['fds']}")
-    print(f"  helper processes (not the daemon, not sandboxes) idle: "
-          f"{fp['idle']['helper_rss_bytes'] / 2**20:.1f} MiB")
-    print(f"  pool at end: {fp['pool_at_end']['warm_sandboxes']} sandbox(es), "
-          f"{(fp['pool_at_end']['memory_bytes'] or 0) / 2**20:.1f} MiB")
+    print(
+        f"  helper processes (not the daemon, not sandboxes) idle: "
+        f"{fp['idle']['helper_rss_bytes'] / 2**20:.1f} MiB"
+    )
+    print(
+        f"  pool at end: {fp['pool_at_end']['warm_sandboxes']} sandbox(es), "
+        f"{(fp['pool_at_end']['memory_bytes'] or 0) / 2**20:.1f} MiB"
+    )
     print("\nTargets")
     for name, t in report["targets"].items():
         print(f"  [{'met' if t['met'] else 'MISSED'}] {name}: {t['value']} ({t['limit']})")
@@ -525,11 +562,16 @@ def main() -> int:
         ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True
     ).stdout.strip()
     meta = {
-        "commit": commit, "retention_count": RETENTION, "warmup_executions": WARMUP_EXECUTIONS,
-        "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
+        "commit": commit,
+        "retention_count": RETENTION,
+        "warmup_executions": WARMUP_EXECUTIONS,
+        "host": platform.node(),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
-        "duration_s": round(time.monotonic() - started, 1), "quick": args.quick,
+        "duration_s": round(time.monotonic() - started, 1),
+        "quick": args.quick,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     print_report(report, meta)

@@ -91,9 +91,7 @@ def snapshot(root: str, max_files: int) -> Snapshot:
 TIMESTAMP_SLACK_NS = 20_000_000
 
 
-def changed_files(
-    before: Snapshot, after: Snapshot, since_ns: int | None = None
-) -> list[tuple[str, Change]]:
+def changed_files(before: Snapshot, after: Snapshot, since_ns: int | None = None) -> list[tuple[str, Change]]:
     """Sorted (path, "created"|"modified") pairs: pure comparison of two snapshots.
 
     When ``before`` was cut short by its file cap, a path missing from it may simply not

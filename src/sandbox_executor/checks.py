@@ -80,7 +80,9 @@ def check_bwrap(settings: Settings) -> CheckResult:
     bwrap = shutil.which(settings.bwrap_path)
     if bwrap is None:
         return CheckResult(
-            "bwrap", False, f"{settings.bwrap_path!r} not found",
+            "bwrap",
+            False,
+            f"{settings.bwrap_path!r} not found",
             "install it: apt-get install -y bubblewrap (or set BWRAP_PATH)",
         )
     try:
@@ -90,12 +92,15 @@ def check_bwrap(settings: Settings) -> CheckResult:
     if result.status == "success" and result.stdout.strip() == "sandbox-ok":
         uid, _ = settings.sandbox_ids()
         return CheckResult(
-            "bwrap", True,
+            "bwrap",
+            True,
             f"{bwrap} ran a test sandbox as uid {uid} (user, pid, net, ipc, uts, mount namespaces)",
         )
     err = (result.stderr or result.error or result.stdout).strip()[-400:]
     return CheckResult(
-        "bwrap", False, f"a test sandbox failed ({result.status}, exit {result.exit_code}): {err}",
+        "bwrap",
+        False,
+        f"a test sandbox failed ({result.status}, exit {result.exit_code}): {err}",
         bwrap_remedy(err),
     )
 
@@ -132,7 +137,9 @@ def check_workspace(settings: Settings) -> CheckResult:
     workspace = Path(settings.workspace_dir)
     if not workspace.is_dir():
         return CheckResult(
-            "workspace", False, f"{workspace} is not a directory",
+            "workspace",
+            False,
+            f"{workspace} is not a directory",
             f"create it: mkdir -p {workspace} (and mount the session's storage there)",
         )
     uid, gid = settings.sandbox_ids()
@@ -140,7 +147,10 @@ def check_workspace(settings: Settings) -> CheckResult:
     try:
         proc = subprocess.run(
             [settings.python_binary, "-I", "-S", "-c", script, str(workspace)],
-            capture_output=True, timeout=20, check=False, **_drop_privileges(settings),
+            capture_output=True,
+            timeout=20,
+            check=False,
+            **_drop_privileges(settings),
         )
         ok = proc.returncode == 0
     except (OSError, subprocess.SubprocessError):
@@ -148,7 +158,9 @@ def check_workspace(settings: Settings) -> CheckResult:
     if ok:
         return CheckResult("workspace", True, f"{workspace} is writable by uid {uid}")
     return CheckResult(
-        "workspace", False, f"{workspace} is not writable by the sandbox user (uid {uid})",
+        "workspace",
+        False,
+        f"{workspace} is not writable by the sandbox user (uid {uid})",
         f"chown {uid}:{gid} {workspace} (or set SANDBOX_UID/SANDBOX_GID)",
     )
 
@@ -156,7 +168,9 @@ def check_workspace(settings: Settings) -> CheckResult:
 def check_interpreters(settings: Settings) -> list[CheckResult]:
     results = []
     interpreters = (
-        ("python", settings.python_binary), ("node", settings.node_binary), ("bash", settings.bash_binary)
+        ("python", settings.python_binary),
+        ("node", settings.node_binary),
+        ("bash", settings.bash_binary),
     )
     for name, path in interpreters:
         if os.path.isfile(path) and os.access(path, os.X_OK):
@@ -175,7 +189,9 @@ def check_dirs(settings: Settings) -> CheckResult:
             pass
     except OSError as exc:
         return CheckResult(
-            "results_dir", False, f"{settings.results_dir}: {exc}",
+            "results_dir",
+            False,
+            f"{settings.results_dir}: {exc}",
             "set RESULTS_DIR to a directory the daemon can write",
         )
     return CheckResult("results_dir", True, str(settings.results_dir))

@@ -65,15 +65,13 @@ _REASON_TEXT_LIMIT = 2000
 
 CALLBACKS = Counter(
     "sandbox_callbacks_total",
-    "HTTP callbacks to the control plane, per attempt, by kind and outcome "
-    "(success, transient, permanent).",
+    "HTTP callbacks to the control plane, per attempt, by kind and outcome (success, transient, permanent).",
     ["kind", "outcome"],
     registry=REGISTRY,
 )
 UNDELIVERABLE = Counter(
     "sandbox_results_undeliverable_total",
-    "Results the control plane refused permanently (400/404/409/422), kept in "
-    "RESULTS_DIR/undeliverable.",
+    "Results the control plane refused permanently (400/404/409/422), kept in RESULTS_DIR/undeliverable.",
     registry=REGISTRY,
 )
 DELIVERED = Counter(
@@ -365,9 +363,7 @@ class ControlPlaneReporter:
         }
 
     # ------------------------------------------------------------------ results
-    async def submit_result(
-        self, execution_id: str, session_id: str | None, result: ExecutionResult
-    ) -> None:
+    async def submit_result(self, execution_id: str, session_id: str | None, result: ExecutionResult) -> None:
         """Commit the result to the outbox durably, then deliver it in the background.
 
         Idempotent per execution id: a second submit keeps the first result. A failing disk
@@ -386,9 +382,7 @@ class ControlPlaneReporter:
             return
         # Claimed synchronously, so a concurrent second submit of this id sees it.
         self._pending.add(execution_id)
-        envelope = _Envelope(
-            execution_id, session_id, submitted_at, encode_json(result_body(result))
-        )
+        envelope = _Envelope(execution_id, session_id, submitted_at, encode_json(result_body(result)))
         try:
             if await asyncio.to_thread(self.outbox.exists, execution_id):
                 # Left by an earlier process (pending or undeliverable): that one wins.
@@ -410,9 +404,7 @@ class ControlPlaneReporter:
         if self._base_url is not None and self._client is not None and not self._closed:
             self._spawn_delivery(execution_id, envelope, replay=False)
 
-    def _spawn_delivery(
-        self, execution_id: str, envelope: _Envelope | None, *, replay: bool
-    ) -> None:
+    def _spawn_delivery(self, execution_id: str, envelope: _Envelope | None, *, replay: bool) -> None:
         if execution_id in self._deliveries:
             return
         task = asyncio.create_task(
@@ -439,9 +431,7 @@ class ControlPlaneReporter:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
-    async def _deliver(
-        self, execution_id: str, envelope: _Envelope | None, *, replay: bool
-    ) -> None:
+    async def _deliver(self, execution_id: str, envelope: _Envelope | None, *, replay: bool) -> None:
         bound = log.bind(execution_id=execution_id)
         try:
             if envelope is None:
@@ -459,14 +449,10 @@ class ControlPlaneReporter:
                     return
             bound = bound.bind(session_id=envelope.session_id)
             attempt_no = 0
-            async for attempt in self._retrying(
-                attempts=max(1, self.settings.callback_max_attempts)
-            ):
+            async for attempt in self._retrying(attempts=max(1, self.settings.callback_max_attempts)):
                 with attempt:
                     attempt_no += 1
-                    await self._post_result(
-                        envelope, replay=replay, bound=bound, attempt_no=attempt_no
-                    )
+                    await self._post_result(envelope, replay=replay, bound=bound, attempt_no=attempt_no)
         except PermanentCallbackError as exc:
             bound.error(
                 "result_undeliverable",
@@ -497,18 +483,14 @@ class ControlPlaneReporter:
             if self._deliveries.get(execution_id) is current:
                 del self._deliveries[execution_id]
 
-    async def _post_result(
-        self, envelope: _Envelope, *, replay: bool, bound: Any, attempt_no: int
-    ) -> None:
+    async def _post_result(self, envelope: _Envelope, *, replay: bool, bound: Any, attempt_no: int) -> None:
         headers = {"Idempotency-Key": envelope.execution_id, "Content-Type": "application/json"}
         url = f"{self._base_url}/executions/{envelope.execution_id}/result"
         slot: contextlib.AbstractAsyncContextManager[Any] = (
             self._replay_slots if replay else contextlib.nullcontext()
         )
         async with slot:
-            response = await self._send(
-                "result", url, envelope.body, headers, bound, attempt_no=attempt_no
-            )
+            response = await self._send("result", url, envelope.body, headers, bound, attempt_no=attempt_no)
         latency = max(0.0, time.time() - envelope.submitted_at)
         DELIVERY_LATENCY.observe(latency)
         DELIVERED.inc()
@@ -549,15 +531,11 @@ class ControlPlaneReporter:
                 url,
                 content=content,
                 headers=request_headers,
-                timeout=request_timeout
-                if request_timeout is not None
-                else httpx.USE_CLIENT_DEFAULT,
+                timeout=request_timeout if request_timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.HTTPError as exc:
             CALLBACKS.labels(kind, "transient").inc()
-            bound.warning(
-                "callback_failed", kind=kind, attempt=attempt_no, error=type(exc).__name__
-            )
+            bound.warning("callback_failed", kind=kind, attempt=attempt_no, error=type(exc).__name__)
             raise TransientCallbackError(type(exc).__name__) from exc
         try:
             _classify(response)
@@ -566,9 +544,7 @@ class ControlPlaneReporter:
             raise
         except TransientCallbackError:
             CALLBACKS.labels(kind, "transient").inc()
-            bound.warning(
-                "callback_failed", kind=kind, attempt=attempt_no, status_code=response.status_code
-            )
+            bound.warning("callback_failed", kind=kind, attempt=attempt_no, status_code=response.status_code)
             raise
         CALLBACKS.labels(kind, "success").inc()
         return response
@@ -646,9 +622,7 @@ class ControlPlaneReporter:
         if self._base_url is None or not EXECUTION_ID_RE.match(execution_id):
             yield
             return
-        task = asyncio.create_task(
-            self._heartbeat_loop(execution_id), name=f"heartbeat-{execution_id}"
-        )
+        task = asyncio.create_task(self._heartbeat_loop(execution_id), name=f"heartbeat-{execution_id}")
         try:
             yield
         finally:
@@ -709,9 +683,7 @@ class ControlPlaneReporter:
         """Schedule containers/ready in the background, retried until a 2xx."""
         if self._base_url is None or self._ready_task is not None or self._closed:
             return
-        self._ready_task = asyncio.get_running_loop().create_task(
-            self._ready(), name="announce-ready"
-        )
+        self._ready_task = asyncio.get_running_loop().create_task(self._ready(), name="announce-ready")
 
     async def _ready(self) -> None:
         url = f"{self._base_url}/containers/ready"
@@ -742,9 +714,7 @@ class ControlPlaneReporter:
         except Exception:
             bound.exception("ready_error")
 
-    async def _run_retrying(
-        self, func: Callable[[], Awaitable[None]], *, attempts: int | None
-    ) -> None:
+    async def _run_retrying(self, func: Callable[[], Awaitable[None]], *, attempts: int | None) -> None:
         async for attempt in self._retrying(attempts=attempts):
             with attempt:
                 await func()

@@ -65,13 +65,16 @@ _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 60.0
 
 POOL_SANDBOXES = Gauge(
-    "sandbox_warm_pool_sandboxes", "Pre-started sandboxes waiting for an execution.",
-    ["language"], registry=REGISTRY,
+    "sandbox_warm_pool_sandboxes",
+    "Pre-started sandboxes waiting for an execution.",
+    ["language"],
+    registry=REGISTRY,
 )
 POOL_READY = Gauge(
     "sandbox_warm_pool_ready",
     "Waiting sandboxes whose interpreter is up (blocked on its input pipe).",
-    ["language"], registry=REGISTRY,
+    ["language"],
+    registry=REGISTRY,
 )
 POOL_MEMORY = Gauge(
     "sandbox_warm_pool_memory_bytes",
@@ -81,11 +84,14 @@ POOL_MEMORY = Gauge(
 POOL_TAKES = Counter(
     "sandbox_warm_pool_takes_total",
     "Executions by whether a pre-started sandbox served them (hit) or a cold start (miss).",
-    ["language", "outcome"], registry=REGISTRY,
+    ["language", "outcome"],
+    registry=REGISTRY,
 )
 POOL_DISCARDS = Counter(
-    "sandbox_warm_pool_discarded_total", "Waiting sandboxes thrown away unused, by reason.",
-    ["reason"], registry=REGISTRY,
+    "sandbox_warm_pool_discarded_total",
+    "Waiting sandboxes thrown away unused, by reason.",
+    ["reason"],
+    registry=REGISTRY,
 )
 
 
@@ -278,9 +284,7 @@ class WarmPool:
             return
         if lane.expiry_timer is not None:
             lane.expiry_timer.cancel()
-        lane.expiry_timer = asyncio.get_running_loop().call_later(
-            self.idle_seconds, self._expire, language
-        )
+        lane.expiry_timer = asyncio.get_running_loop().call_later(self.idle_seconds, self._expire, language)
 
     def _expire(self, language: Language) -> None:
         lane = self._lane(language)

@@ -191,6 +191,7 @@ class Sandbox:
             transport, protocol = await capture_fd(fd, limit)
             self._transports.append(transport)
             setattr(self, attr, protocol)
+
     @property
     def alive(self) -> bool:
         return self._exited is not None and not self._exited.done()
@@ -286,11 +287,20 @@ class Sandbox:
         after = await _snapshot(workspace, self.settings.artifact_max_files)
         changes = artifacts.changed_files(before, after, started_wall_ns)
         cap = self.settings.artifact_max_reported
-        details = await loop.run_in_executor(
-            None, artifacts.describe, workspace, changes[:cap], self.settings.artifact_max_hash_bytes
-        ) if changes else []
+        details = (
+            await loop.run_in_executor(
+                None, artifacts.describe, workspace, changes[:cap], self.settings.artifact_max_hash_bytes
+            )
+            if changes
+            else []
+        )
         return self._build_result(
-            job, returncode, rusage, ended - started, timed_out, details,
+            job,
+            returncode,
+            rusage,
+            ended - started,
+            timed_out,
+            details,
             truncated=before.truncated or after.truncated or len(changes) > cap,
         )
 

@@ -53,9 +53,7 @@ class LaunchJob:
     max_return_bytes: int
 
 
-def interpreter_command(
-    language: Language, settings: Settings, input_fd: int, result_fd: int
-) -> list[str]:
+def interpreter_command(language: Language, settings: Settings, input_fd: int, result_fd: int) -> list[str]:
     """The command run inside the sandbox, before any request is known.
 
     ``input_fd`` carries the launch message in; ``result_fd`` the handler's outcome out.

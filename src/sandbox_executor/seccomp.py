@@ -168,4 +168,3 @@ def _export(filt: object) -> bytes:
     if not program or len(program) % 8:
         raise OSError(errno.EINVAL, f"libseccomp exported a bad program ({len(program)} bytes)")
     return program
-

@@ -25,9 +25,7 @@ async def test_internal_error_is_500_with_request_id_and_no_trace(tmp_path) -> N
     app = create_app(service)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        resp = await client.post(
-            "/execute", json={"execution_id": "boom", "language": "python", "code": "x"}
-        )
+        resp = await client.post("/execute", json={"execution_id": "boom", "language": "python", "code": "x"})
     assert resp.status_code == 500
     body = resp.json()
     assert body["error_code"] == "Executor.InternalError"
@@ -42,9 +40,7 @@ async def test_shutting_down_answers_503(tmp_path) -> None:
     await service.abort_all()  # what SIGTERM does first
     transport = httpx.ASGITransport(app=create_app(service))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        resp = await client.post(
-            "/execute", json={"execution_id": "late", "language": "python", "code": "x"}
-        )
+        resp = await client.post("/execute", json={"execution_id": "late", "language": "python", "code": "x"})
     assert resp.status_code == 503
     assert resp.json()["error_code"] == "Executor.ShuttingDown"
     assert resp.headers["Retry-After"]

@@ -31,7 +31,7 @@ PWNED = f"/tmp/pwned-{secrets.token_hex(6)}"
 
 def _evil_build_code(base: str) -> str:
     # Runs inside pip's sandbox while the sdist is built: everything an attacker would try.
-    return f'''
+    return f"""
 import glob
 secret = {SECRET!r}
 FINDINGS["ran"] = True
@@ -62,7 +62,7 @@ try:
         FINDINGS["secret_file"] = fh.read()
 except OSError as exc:
     FINDINGS["secret_file"] = type(exc).__name__
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +70,7 @@ def index() -> Iterator[LocalIndex]:
     with LocalIndex() as idx:
         idx.add_wheel("alpha", "1.0", {"alpha.py": "VALUE = 1\n"})
         idx.add_wheel("alpha", "2.0", {"alpha.py": "VALUE = 2\n"})
-        idx.add_wheel(
-            "beta", "1.0", {"beta.py": "import alpha\nVALUE = alpha.VALUE + 40\n"}, ["alpha>=1.0"]
-        )
+        idx.add_wheel("beta", "1.0", {"beta.py": "import alpha\nVALUE = alpha.VALUE + 40\n"}, ["alpha>=1.0"])
         idx.add_wheel("gamma", "1.0", {"gamma.py": "VALUE = 'g'\n"})
         yield idx
 
@@ -129,8 +127,12 @@ def manager(settings: Settings, pip_runtime_root: Path) -> DependencyManager:
 
 def req(index: LocalIndex, deps: list[str], mode: str = "replace") -> SyncRequest:
     return SyncRequest.model_validate(
-        {"session_id": "sess-1", "python_package_index_url": index.url,
-         "dependencies": deps, "sync_mode": mode}
+        {
+            "session_id": "sess-1",
+            "python_package_index_url": index.url,
+            "dependencies": deps,
+            "sync_mode": mode,
+        }
     )
 
 
@@ -219,9 +221,7 @@ async def test_missing_package_is_422_and_previous_set_stays(
     assert manager.installed() == before
     # The failed tree is gone; only the live one (and its manifest) remain.
     store_root = Path(str(settings.sandbox_venv_path) + ".d")
-    assert sorted(p.name for p in store_root.iterdir() if p.name.startswith("v")) == [
-        "v1", "v1.json"
-    ]
+    assert sorted(p.name for p in store_root.iterdir() if p.name.startswith("v")) == ["v1", "v1.json"]
     code = "import alpha\ndef handler(event):\n    return alpha.VALUE\n"
     result = await run_python(settings, code)
     assert result.return_value == 1, result.stderr
@@ -238,10 +238,10 @@ async def test_unchanged_resync_runs_no_pip(
     seen = index.request_count()
     live = os.path.realpath(settings.sandbox_venv_path)
     for again in (
-        req(index, ["beta", "gamma"]),            # order does not matter
-        req(index, ["Beta", " gamma"]),           # nor spelling of the name
-        req(index, [], "merge"),                  # merging nothing changes nothing
-        req(index, ["gamma"], "merge"),           # nor merging what is there
+        req(index, ["beta", "gamma"]),  # order does not matter
+        req(index, ["Beta", " gamma"]),  # nor spelling of the name
+        req(index, [], "merge"),  # merging nothing changes nothing
+        req(index, ["gamma"], "merge"),  # nor merging what is there
     ):
         body = await manager.sync(again)
         assert body["installed_dependencies"] == first["installed_dependencies"]
@@ -290,8 +290,10 @@ async def test_install_timeout_is_422_and_leaves_nothing_running(
     base: Path, index: LocalIndex, pip_runtime_root: Path
 ) -> None:
     settings = Settings(
-        workspace_path=str(base / "ws"), sandbox_venv_path=base / "venv",
-        results_dir=base / "results", dependency_install_timeout_seconds=1,
+        workspace_path=str(base / "ws"),
+        sandbox_venv_path=base / "venv",
+        results_dir=base / "results",
+        dependency_install_timeout_seconds=1,
     )
     manager = new_manager(settings, pip_runtime_root)
     await asyncio.to_thread(manager.pip.locate_pip)  # compile pip outside the 1 s budget
@@ -318,7 +320,10 @@ async def test_install_timeout_is_422_and_leaves_nothing_running(
 
 
 async def test_sdist_build_cannot_see_daemon_secrets_or_write_outside(
-    manager: DependencyManager, settings: Settings, index: LocalIndex, base: Path,
+    manager: DependencyManager,
+    settings: Settings,
+    index: LocalIndex,
+    base: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("INTERNAL_API_TOKEN", SECRET)
@@ -344,8 +349,13 @@ async def test_sdist_build_cannot_see_daemon_secrets_or_write_outside(
     if os.geteuid() == 0:
         assert findings["uid"] == settings.sandbox_uid
     # Whatever the build believed, nothing reached the host outside its target.
-    for host_path in (PWNED, base / "ws" / "pwned", base / "open" / "pwned",
-                      base / "venv.d" / "pwned", base / "results" / "pwned"):
+    for host_path in (
+        PWNED,
+        base / "ws" / "pwned",
+        base / "open" / "pwned",
+        base / "venv.d" / "pwned",
+        base / "results" / "pwned",
+    ):
         assert not os.path.exists(host_path), f"the build wrote {host_path}"
     for target, outcome in findings["writes"].items():
         if target != PWNED:  # the sandbox's own /tmp is a private tmpfs

@@ -33,17 +33,14 @@ def _modes() -> list[Any]:
 def index() -> Iterator[LocalIndex]:
     with LocalIndex() as idx:
         idx.add_wheel("alpha", "1.0", {"alpha.py": "VALUE = 1\n"})
-        idx.add_wheel(
-            "beta", "1.0", {"beta.py": "import alpha\nVALUE = alpha.VALUE + 41\n"}, ["alpha"]
-        )
+        idx.add_wheel("beta", "1.0", {"beta.py": "import alpha\nVALUE = alpha.VALUE + 41\n"}, ["alpha"])
         yield idx
 
 
 @pytest.fixture(scope="module", params=_modes())
 def server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
     srv = start_server(
-        {"INTERNAL_API_TOKEN": TOKEN, "WARM_POOL_SIZE": "1",
-         "DEPENDENCY_INSTALL_TIMEOUT_SECONDS": "60"},
+        {"INTERNAL_API_TOKEN": TOKEN, "WARM_POOL_SIZE": "1", "DEPENDENCY_INSTALL_TIMEOUT_SECONDS": "60"},
         run_as=request.param,
     )
     yield srv
@@ -57,8 +54,9 @@ def client(server: RunningServer) -> Iterator[httpx.Client]:
         yield c
 
 
-def sync(client: httpx.Client, index: LocalIndex, deps: list[str], mode: str = "replace",
-         **extra: Any) -> httpx.Response:
+def sync(
+    client: httpx.Client, index: LocalIndex, deps: list[str], mode: str = "replace", **extra: Any
+) -> httpx.Response:
     # Exactly what the control plane sends (CONTRACT.md section 1), plus an unknown field.
     body = {
         "session_id": "sess_abc",
@@ -73,8 +71,14 @@ def sync(client: httpx.Client, index: LocalIndex, deps: list[str], mode: str = "
 
 
 def run(client: httpx.Client, code: str, event: dict[str, Any] | None = None) -> dict[str, Any]:
-    body = {"execution_id": f"exec_{uuid.uuid4().hex[:16]}", "session_id": "sess_abc",
-            "code": code, "language": "python", "timeout": 10, "event": event or {}}
+    body = {
+        "execution_id": f"exec_{uuid.uuid4().hex[:16]}",
+        "session_id": "sess_abc",
+        "code": code,
+        "language": "python",
+        "timeout": 10,
+        "event": event or {},
+    }
     resp = client.post("/execute?wait=true", json=body)
     assert resp.status_code == 200, resp.text
     return dict(resp.json())
@@ -92,24 +96,29 @@ def test_sync_then_execute_through_the_daemon(client: httpx.Client, index: Local
     body = resp.json()
     assert body["status"] == "completed" and body["error"] is None
     assert {d["name"]: d["version"] for d in body["installed_dependencies"]} == {
-        "alpha": "1.0", "beta": "1.0"
+        "alpha": "1.0",
+        "beta": "1.0",
     }
     assert set(body) >= {"installed_dependencies", "started_at", "completed_at"}
     result = run(client, IMPORT_BETA)
     assert result["status"] == "success", result["stderr"]
     assert result["return_value"] == 42
     # pip's environment had nothing of the daemon's: the token is nowhere in the tree.
-    probe = run(client, (
-        "import os\n"
-        "def handler(event):\n"
-        "    hits = []\n"
-        "    for root, dirs, files in os.walk('/opt/sandbox-venv'):\n"
-        "        for f in files:\n"
-        "            with open(os.path.join(root, f), errors='replace') as fh:\n"
-        "                if event['t'] in fh.read():\n"
-        "                    hits.append(f)\n"
-        "    return hits\n"
-    ), {"t": TOKEN})
+    probe = run(
+        client,
+        (
+            "import os\n"
+            "def handler(event):\n"
+            "    hits = []\n"
+            "    for root, dirs, files in os.walk('/opt/sandbox-venv'):\n"
+            "        for f in files:\n"
+            "            with open(os.path.join(root, f), errors='replace') as fh:\n"
+            "                if event['t'] in fh.read():\n"
+            "                    hits.append(f)\n"
+            "    return hits\n"
+        ),
+        {"t": TOKEN},
+    )
     assert probe["status"] == "success" and probe["return_value"] == []
     # The same set again is a no-op that does not reach the index.
     seen = index.request_count()
@@ -140,9 +149,7 @@ def test_invalid_syncs_are_400_with_the_error_body(
     assert body["error_code"] == "Executor.ValidationError"
 
 
-def test_failed_install_is_422_and_the_previous_set_stays(
-    client: httpx.Client, index: LocalIndex
-) -> None:
+def test_failed_install_is_422_and_the_previous_set_stays(client: httpx.Client, index: LocalIndex) -> None:
     assert sync(client, index, ["beta"]).status_code == 200
     resp = sync(client, index, ["no-such-project==1.0"], "merge")
     assert resp.status_code == 422, resp.text

@@ -52,7 +52,10 @@ def test_dropin_module_starts_the_daemon_and_reports_sigterm() -> None:
         log = (base / "daemon.log").open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "executor.interfaces.http.rest"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             url = f"http://127.0.0.1:{port}"
@@ -70,8 +73,13 @@ def test_dropin_module_starts_the_daemon_and_reports_sigterm() -> None:
             assert ready["container_id"] == "dropin-container"
             answer = httpx.post(
                 f"{url}/execute?wait=true",
-                json={"execution_id": "exec_dropin_1", "session_id": "sess-dropin",
-                      "code": "echo dropin-ok", "language": "shell", "timeout": 10},
+                json={
+                    "execution_id": "exec_dropin_1",
+                    "session_id": "sess-dropin",
+                    "code": "echo dropin-ok",
+                    "language": "shell",
+                    "timeout": 10,
+                },
                 timeout=30,
             )
             assert answer.status_code == 200, answer.text

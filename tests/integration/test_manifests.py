@@ -180,9 +180,16 @@ def test_dockerfile_matches_the_manifests() -> None:
     assert venv_bin.endswith("/venv/bin")
     assert not venv_bin.startswith(("/usr", "/lib", "/bin", "/sbin", "/etc", "/opt", "/workspace"))
     for name in env:
-        assert name.lower() in Settings.model_fields or name in {
-            "PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE",
-        } or name.startswith(("PIP_", "UV_", "SSL_")), name
+        assert (
+            name.lower() in Settings.model_fields
+            or name
+            in {
+                "PATH",
+                "PYTHONUNBUFFERED",
+                "PYTHONDONTWRITEBYTECODE",
+            }
+            or name.startswith(("PIP_", "UV_", "SSL_"))
+        ), name
     # apt packages pinned (name=version), the Python side comes from uv.lock with --frozen.
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     installs = re.findall(r"apt-get install((?:[^\n&]*\\\n)*[^\n&]*)", code)
@@ -206,8 +213,19 @@ def test_seccomp_profile_allows_what_bwrap_needs_and_no_more() -> None:
             gated.update(rule["names"])
         elif not rule.get("includes") or rule["includes"].get("arches"):
             unconditional.update(rule["names"])
-    needed = {"unshare", "clone", "clone3", "mount", "umount2", "pivot_root", "sethostname",
-              "setdomainname", "seccomp", "prctl", "capset"}
+    needed = {
+        "unshare",
+        "clone",
+        "clone3",
+        "mount",
+        "umount2",
+        "pivot_root",
+        "sethostname",
+        "setdomainname",
+        "seccomp",
+        "prctl",
+        "capset",
+    }
     assert needed <= unconditional, needed - unconditional
     # Host-level powers stay behind their capabilities (which the pod does not have).
     for call in ("kexec_load", "init_module", "bpf", "perf_event_open", "open_by_handle_at"):
@@ -228,10 +246,18 @@ def test_seccomp_generator_moves_only_the_uts_calls() -> None:
         "defaultAction": "SCMP_ACT_ERRNO",
         "syscalls": [
             {"names": ["read", "sethostname"], "action": "SCMP_ACT_ALLOW", "args": []},
-            {"names": ["bpf", "sethostname", "setns"], "action": "SCMP_ACT_ALLOW",
-             "includes": {"caps": ["CAP_SYS_ADMIN"]}, "excludes": {}},
-            {"names": ["bpf", "setdomainname"], "action": "SCMP_ACT_ERRNO",
-             "includes": {}, "excludes": {"caps": ["CAP_SYS_ADMIN"]}},
+            {
+                "names": ["bpf", "sethostname", "setns"],
+                "action": "SCMP_ACT_ALLOW",
+                "includes": {"caps": ["CAP_SYS_ADMIN"]},
+                "excludes": {},
+            },
+            {
+                "names": ["bpf", "setdomainname"],
+                "action": "SCMP_ACT_ERRNO",
+                "includes": {},
+                "excludes": {"caps": ["CAP_SYS_ADMIN"]},
+            },
         ],
     }
     out = generator.derive(source)

@@ -89,9 +89,13 @@ async def run_warm(engine: Engine, pool: WarmPool, req: ExecuteRequest) -> Execu
 
 def comparable(result: ExecutionResult) -> dict[str, Any]:
     return {
-        "status": result.status, "exit_code": result.exit_code, "stdout": result.stdout,
-        "stderr": result.stderr, "return_value": result.return_value,
-        "termination_reason": result.termination_reason, "error": result.error,
+        "status": result.status,
+        "exit_code": result.exit_code,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "return_value": result.return_value,
+        "termination_reason": result.termination_reason,
+        "error": result.error,
         "artifacts": sorted(result.artifacts),
     }
 

@@ -32,8 +32,12 @@ def _wait_ready(client: httpx.Client, language: str, timeout: float = 15) -> str
 
 
 def _run(client: httpx.Client, code: str, language: str = "python") -> dict[str, Any]:
-    body = {"execution_id": f"exec_{uuid.uuid4().hex[:16]}", "code": code, "language": language,
-            "timeout": 10}
+    body = {
+        "execution_id": f"exec_{uuid.uuid4().hex[:16]}",
+        "code": code,
+        "language": language,
+        "timeout": 10,
+    }
     response = client.post("/execute", params={"wait": "true"}, json=body)
     assert response.status_code == 200, response.text
     return dict(response.json())

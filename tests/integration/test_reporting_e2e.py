@@ -70,9 +70,7 @@ def daemon_env(cp: FakeControlPlane, **extra: str) -> dict[str, str]:
     return env
 
 
-def launch(
-    servers: list[RunningServer], env: dict[str, str], base_dir: Path, **kw: Any
-) -> RunningServer:
+def launch(servers: list[RunningServer], env: dict[str, str], base_dir: Path, **kw: Any) -> RunningServer:
     server = start_server(env, base_dir=base_dir, **kw)
     servers.append(server)
     return server
@@ -164,9 +162,7 @@ def test_control_plane_down_for_the_run_and_up_20s_later(
     while outbox_files(base_dir) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert outbox_files(base_dir) == []
-    print(
-        f"outage 20 s: result delivered {delivered_after:.2f} s after the control plane came back"
-    )
+    print(f"outage 20 s: result delivered {delivered_after:.2f} s after the control plane came back")
 
 
 def test_sigkill_after_run_before_delivery_then_restart_delivers(
@@ -258,8 +254,7 @@ def test_heartbeats_5s_apart_during_a_12s_run_and_none_after_the_result(
     assert all(4 <= gap <= 6 for gap in gaps), gaps
     assert all(b.arrived_at < result.arrived_at for b in beats)
     assert all(
-        b.status == 200 and b.json["timestamp"] and isinstance(b.json["progress"], dict)
-        for b in beats
+        b.status == 200 and b.json["timestamp"] and isinstance(b.json["progress"], dict) for b in beats
     )
     assert assert_single_outcome(cp, eid)["status"] == "success"
     print(f"heartbeat offsets from acceptance: {[round(o, 2) for o in offsets]}")
@@ -282,9 +277,7 @@ def test_ready_sent_once_the_port_listens_and_retried_while_refused(
 
     cp.on_request = probe
     cp.stop()
-    server = launch(
-        servers, daemon_env(cp, CALLBACK_MAX_BACKOFF_SECONDS="0.5"), base_dir, wait_ready=False
-    )
+    server = launch(servers, daemon_env(cp, CALLBACK_MAX_BACKOFF_SECONDS="0.5"), base_dir, wait_ready=False)
     port_holder["port"] = server.port
     deadline = time.monotonic() + 20
     while True:  # the daemon's own port
@@ -305,9 +298,7 @@ def test_ready_sent_once_the_port_listens_and_retried_while_refused(
     assert body["executor_port"] == server.port
     assert isinstance(body["ready_at"], str)
     refused = [
-        e
-        for e in log_events(server)
-        if e.get("event") == "callback_failed" and e.get("kind") == "ready"
+        e for e in log_events(server) if e.get("event") == "callback_failed" and e.get("kind") == "ready"
     ]
     assert len(refused) >= 2
     assert "e2e-token" not in server.log_path.read_text()

@@ -70,10 +70,20 @@ def daemon_user() -> tuple[int, int] | None:
     ids = (entry.pw_uid, entry.pw_gid)
     probe = subprocess.run(
         [
-            "setpriv", f"--reuid={ids[0]}", f"--regid={ids[1]}", "--clear-groups", "--inh-caps=-all",
-            sys.executable, "-c", "import sandbox_executor.cli",
+            "setpriv",
+            f"--reuid={ids[0]}",
+            f"--regid={ids[1]}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            sys.executable,
+            "-c",
+            "import sandbox_executor.cli",
         ],
-        cwd="/", capture_output=True, text=True, timeout=30, check=False,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
     )
     if probe.returncode != 0:
@@ -96,7 +106,8 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self.client = httpx.Client(
-            base_url=self.server.url, timeout=60,
+            base_url=self.server.url,
+            timeout=60,
             headers={"Authorization": f"Bearer {EXECUTOR_TOKEN}"},
         )
 

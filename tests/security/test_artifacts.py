@@ -38,7 +38,8 @@ def _assert_only_control(result: dict, extra: set[str] | None = None) -> None:
     assert details["control.txt"]["sha256"] == CONTROL_SHA
 
 
-HOST_SYMLINKS = r'''
+HOST_SYMLINKS = (
+    r"""
 import os
 def handler(event):
     made = []
@@ -56,7 +57,9 @@ def handler(event):
     os.symlink("loop_b", "/workspace/loop_a")
     os.symlink("loop_a", "/workspace/loop_b")
     os.symlink("../dir", "/workspace/dir/self")
-''' + "\n"
+"""
+    + "\n"
+)
 
 
 def test_symlinks_to_host_files_and_loops_are_not_followed(daemon: Daemon) -> None:
@@ -72,7 +75,8 @@ def test_symlinks_to_host_files_and_loops_are_not_followed(daemon: Daemon) -> No
     daemon.clean_workspace()
 
 
-LINKS_AND_SPECIAL_FILES = r'''
+LINKS_AND_SPECIAL_FILES = (
+    r"""
 import os, socket
 def handler(event):
     out = {}
@@ -95,7 +99,9 @@ def handler(event):
             out["mknod_" + name] = "created"
         except OSError as exc:
             out["mknod_" + name] = type(exc).__name__
-''' + "\n"
+"""
+    + "\n"
+)
 
 
 def test_hard_links_fifos_sockets_and_device_nodes(daemon: Daemon) -> None:
@@ -113,11 +119,11 @@ def test_hard_links_fifos_sockets_and_device_nodes(daemon: Daemon) -> None:
     daemon.clean_workspace()
 
 
-SHELL_SPECIAL_FILES = r'''
+SHELL_SPECIAL_FILES = r"""
 ln -s /etc/shadow shadow; ln -s / slash; ln -s loop2 loop1; ln -s loop1 loop2
 mkfifo pipe.txt; ln /etc/passwd pw 2>/dev/null; mknod dev c 1 1 2>/dev/null
 mkdir -p a/b; ln -s ../.. a/b/up
-'''
+"""
 
 
 def test_shell_made_links_and_fifos(daemon: Daemon) -> None:
@@ -128,14 +134,14 @@ def test_shell_made_links_and_fifos(daemon: Daemon) -> None:
     daemon.clean_workspace()
 
 
-HUNDRED_K_FILES = r'''
+HUNDRED_K_FILES = r"""
 import os
 def handler(event):
     os.mkdir("/workspace/many")
     for i in range(event["n"]):
         os.close(os.open(f"/workspace/many/{i}", os.O_CREAT | os.O_WRONLY, 0o644))
     return event["n"]
-'''
+"""
 
 
 def test_a_hundred_thousand_files(daemon: Daemon) -> None:
@@ -149,13 +155,13 @@ def test_a_hundred_thousand_files(daemon: Daemon) -> None:
     daemon.clean_workspace()
 
 
-EMPTY_DIRECTORIES = r'''
+EMPTY_DIRECTORIES = r"""
 import os
 def handler(event):
     for i in range(event["n"]):
         os.makedirs(f"/workspace/tree/{i % 100}/{i}")
     return event["n"]
-'''
+"""
 
 
 def test_a_tree_of_empty_directories_is_not_walked_in_full(daemon: Daemon) -> None:
@@ -171,7 +177,7 @@ def test_a_tree_of_empty_directories_is_not_walked_in_full(daemon: Daemon) -> No
 
 
 DEEP_TREE = {
-    "python": r'''
+    "python": r"""
 import os
 def handler(event):
     os.chdir("/workspace")
@@ -181,10 +187,10 @@ def handler(event):
         os.chdir("d")
     open("bottom.txt", "w").write("x")
     return len(os.getcwd())
-'''.replace("CONTROL", repr(CONTROL)),
+""".replace("CONTROL", repr(CONTROL)),
     "shell": "printf 'control file: the scan still works\\n' > control.txt\n"
     # 1500 levels, 150 at a time (bash's cd is quadratic in the depth of $PWD).
-    "p=$(printf 'd/%.0s' $(seq 150))\nfor i in $(seq 10); do mkdir -p \"$p\" && cd \"$p\" || exit 1; done\n"
+    'p=$(printf \'d/%.0s\' $(seq 150))\nfor i in $(seq 10); do mkdir -p "$p" && cd "$p" || exit 1; done\n'
     "touch bottom.txt\n",
 }
 
@@ -204,7 +210,8 @@ def test_deep_trees(daemon: Daemon, language: str) -> None:
     daemon.clean_workspace()
 
 
-HOSTILE_NAMES = r'''
+HOSTILE_NAMES = (
+    r"""
 import os
 def handler(event):
     made = []
@@ -215,7 +222,9 @@ def handler(event):
         made.append(name.decode("utf-8", "backslashreplace"))
     os.mkdir(b"/workspace/dir\nwith\nnewlines")
     open(b"/workspace/dir\nwith\nnewlines/inner.txt", "w").write("hidden")
-''' + "\n"
+"""
+    + "\n"
+)
 
 
 def test_file_names_with_newlines_and_invalid_utf8(daemon: Daemon) -> None:

@@ -33,7 +33,7 @@ def _targets(daemon: Daemon) -> dict[str, Any]:
 
 
 READ_HOST_FILES = {
-    "python": r'''
+    "python": r"""
 import os
 def handler(event):
     out = {}
@@ -55,8 +55,8 @@ def handler(event):
         except ImportError:
             out[mod] = "ImportError"
     return out
-''',
-    "javascript": r'''
+""",
+    "javascript": r"""
 const fs = require('fs');
 exports.handler = async (event) => {
   const out = {};
@@ -69,8 +69,8 @@ exports.handler = async (event) => {
   }
   return out;
 };
-''',
-    "shell": r'''
+""",
+    "shell": r"""
 ev=$(cat "$SANDBOX_EVENT_FILE")
 get() { printf '%s' "$ev" | sed -n "s/.*\"$1\": *\"\{0,1\}\([^\",}]*\).*/\1/p"; }
 pid=$(get daemon_pid)
@@ -80,7 +80,7 @@ for p in /etc/shadow /etc/passwd /etc/gshadow /proc/$pid/environ /proc/$pid/cmdl
 done
 for d in /root /home "$(get venv)" "$(get results_dir)"; do echo "== $d"; ls -la "$d" 2>&1; done
 true
-''',
+""",
 }
 
 
@@ -96,8 +96,16 @@ def test_host_files_daemon_and_executor_are_out_of_reach(daemon: Daemon, languag
     assert found == [], f"host data leaked: {found[:3]}"
     if language == "python":
         value = result["return_value"]
-        for key in ("/etc/shadow", "/etc/gshadow", "/root", "/home", targets["results_dir"],
-                    targets["log"], targets["source"], targets["venv"]):
+        for key in (
+            "/etc/shadow",
+            "/etc/gshadow",
+            "/root",
+            "/home",
+            targets["results_dir"],
+            targets["log"],
+            targets["source"],
+            targets["venv"],
+        ):
             assert value[key] in ("FileNotFoundError", "PermissionError"), (key, value[key])
         for key in (f"/proc/{daemon.pid}/environ", f"/proc/{daemon.pid}/cmdline"):
             # pid numbers are per namespace: either absent or some sandbox process, never the daemon.
@@ -110,7 +118,7 @@ def test_host_files_daemon_and_executor_are_out_of_reach(daemon: Daemon, languag
 
 
 HUNT_SECRETS = {
-    "python": r'''
+    "python": r"""
 import os
 NEEDLES = (b"sec-executor-token-", b"sec-internal-token-", b"EXECUTOR_API_TOKEN", b"INTERNAL_API_TOKEN")
 SKIP = {"/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/proc", "/sys"}
@@ -146,8 +154,8 @@ def handler(event):
         if "TOKEN" in key or "token" in value:
             hits.append(["env", key + "=" + value])
     return {"hits": hits, "scanned": scanned}
-''',
-    "javascript": r'''
+""",
+    "javascript": r"""
 const fs = require('fs');
 const needles = ['sec-executor-token-', 'sec-internal-token-', 'EXECUTOR_API_TOKEN', 'INTERNAL_API_TOKEN'];
 exports.handler = async () => {
@@ -181,8 +189,8 @@ exports.handler = async () => {
   }
   return { hits, scanned: paths.length };
 };
-''',
-    "shell": r'''
+""",
+    "shell": r"""
 pat='sec-executor-token-\|sec-internal-token-\|EXECUTOR_API_TOKEN\|INTERNAL_API_TOKEN'
 for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do
   tr '\0' '\n' < "$f" 2>/dev/null | grep -H --label="$f" "$pat"
@@ -193,7 +201,7 @@ for d in /*; do
 done
 env | grep -i token
 echo scanned
-''',
+""",
 }
 
 
@@ -210,7 +218,7 @@ def test_no_token_anywhere_in_the_sandbox(daemon: Daemon, language: str) -> None
         assert value["scanned"] > 10  # it did look
 
 
-FD_AND_ROOT_ESCAPES = r'''
+FD_AND_ROOT_ESCAPES = r"""
 import os, stat
 def handler(event):
     out = {"fds": {}, "roots": {}, "escape": []}
@@ -242,7 +250,7 @@ def handler(event):
         out["chroot"] = type(exc).__name__
     out["targets_visible"] = [p for p in event["paths"] if os.path.exists(p)]
     return out
-'''
+"""
 
 
 def test_no_escape_through_proc_root_or_inherited_descriptors(daemon: Daemon) -> None:
@@ -251,8 +259,21 @@ def test_no_escape_through_proc_root_or_inherited_descriptors(daemon: Daemon) ->
     assert result["status"] == "success", result["stderr"]
     value = result["return_value"]
     sandbox_root = set(value["root_listing"])
-    assert sandbox_root <= {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "tmp",
-                            "workspace", "proc", "dev", "opt"}, sandbox_root
+    assert sandbox_root <= {
+        "usr",
+        "bin",
+        "sbin",
+        "lib",
+        "lib32",
+        "lib64",
+        "libx32",
+        "etc",
+        "tmp",
+        "workspace",
+        "proc",
+        "dev",
+        "opt",
+    }, sandbox_root
     # Every descriptor is a pipe, /dev/null or the like: nothing that names a host path.
     for fd, target in value["fds"].items():
         harmless = target.startswith(("pipe:", "/dev/", "anon_inode:", "/proc/"))
@@ -266,14 +287,14 @@ def test_no_escape_through_proc_root_or_inherited_descriptors(daemon: Daemon) ->
     assert value["targets_visible"] == []
 
 
-SHELL_ESCAPES = r'''
+SHELL_ESCAPES = r"""
 ls -la /proc/self/fd/ | awk 'NR>1 {print $NF}' | sort -u
 echo "root: $(readlink /proc/self/root) $(readlink /proc/1/root)"
 ls /proc/1/root/ | tr '\n' ' '; echo
 cd /proc/self/root/../../.. && echo "up: $(pwd) $(ls | tr '\n' ' ')"
 chroot /tmp /bin/true 2>/dev/null && echo "chroot worked"
 true
-'''
+"""
 
 
 def test_no_escape_from_shell(daemon: Daemon) -> None:

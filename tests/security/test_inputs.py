@@ -29,8 +29,21 @@ def _result_files(daemon: Daemon) -> set[str]:
 
 
 BAD_IDS = [
-    "../etc/passwd", "..", "a/../../b", "a/b", "x\x00y", "a" * 129, "a" * 200, "", " ", "a b",
-    "caf\u00e9", "id;rm -rf /", "$(id)", "a\nb", "%2e%2e%2f",
+    "../etc/passwd",
+    "..",
+    "a/../../b",
+    "a/b",
+    "x\x00y",
+    "a" * 129,
+    "a" * 200,
+    "",
+    " ",
+    "a b",
+    "caf\u00e9",
+    "id;rm -rf /",
+    "$(id)",
+    "a\nb",
+    "%2e%2e%2f",
 ]
 
 
@@ -54,9 +67,18 @@ def test_a_128_character_id_is_the_longest_accepted(daemon: Daemon) -> None:
 
 
 BAD_ENV: list[dict[str, Any]] = [
-    {"A=B": "1"}, {"A\x00B": "1"}, {"": "1"}, {"1ABC": "1"}, {"A B": "1"}, {"A-B": "1"},
-    {"OK": "nul\x00inside"}, {"OK": "x" * (1024 * 1024)}, {f"V{i}": "x" for i in range(300)},
-    {"SANDBOX_EVENT_FILE": "/etc/passwd"}, {"OK": 5}, {"OK": None},
+    {"A=B": "1"},
+    {"A\x00B": "1"},
+    {"": "1"},
+    {"1ABC": "1"},
+    {"A B": "1"},
+    {"A-B": "1"},
+    {"OK": "nul\x00inside"},
+    {"OK": "x" * (1024 * 1024)},
+    {f"V{i}": "x" for i in range(300)},
+    {"SANDBOX_EVENT_FILE": "/etc/passwd"},
+    {"OK": 5},
+    {"OK": None},
 ]
 
 
@@ -81,8 +103,8 @@ ECHO_ENV = {
         "exports.handler = async (event) => "
         "Object.fromEntries(event.names.map((k) => [k, process.env[k]]));\n"
     ),
-    "shell": "python3 -c \"import json, os; "
-    f"print(json.dumps({{k: os.environ[k] for k in {sorted(INJECTION_VALUES)!r}}}))\"\n",
+    "shell": 'python3 -c "import json, os; '
+    f'print(json.dumps({{k: os.environ[k] for k in {sorted(INJECTION_VALUES)!r}}}))"\n',
 }
 
 
@@ -114,8 +136,9 @@ def test_surrogates_in_the_event_are_harmless(daemon: Daemon, language: str) -> 
         "javascript": "exports.handler = async (event) => event.s.length;\n",
         "shell": 'wc -c < "$SANDBOX_EVENT_FILE"\n',
     }[language]
-    resp = daemon.post({"execution_id": new_id(), "language": language, "code": code,
-                        "event": {"s": "\ud800\udfff\udc00x"}})
+    resp = daemon.post(
+        {"execution_id": new_id(), "language": language, "code": code, "event": {"s": "\ud800\udfff\udc00x"}}
+    )
     assert resp.status_code in (200, 400), resp.text[:500]
     strict_json(resp.content)
     daemon.assert_survived(language)
@@ -127,7 +150,7 @@ def test_a_one_mib_event_is_delivered(daemon: Daemon, language: str) -> None:
     code = {
         "python": "def handler(event):\n    return len(event['blob'])\n",
         "javascript": "exports.handler = async (event) => event.blob.length;\n",
-        "shell": 'python3 -c "import json; print(len(json.load(open(\'$SANDBOX_EVENT_FILE\'))[\'blob\']))"\n',
+        "shell": "python3 -c \"import json; print(len(json.load(open('$SANDBOX_EVENT_FILE'))['blob']))\"\n",
     }[language]
     result = daemon.attack(code, language, event={"blob": blob})
     assert result["status"] == "success", result["stderr"][-500:]
@@ -136,8 +159,15 @@ def test_a_one_mib_event_is_delivered(daemon: Daemon, language: str) -> None:
 
 
 def test_a_body_over_the_cap_is_refused(daemon: Daemon) -> None:
-    _assert_400(daemon, {"execution_id": new_id(), "language": "python", "code": OK_CODE,
-                         "event": {"blob": "e" * (17 * 1024 * 1024)}})
+    _assert_400(
+        daemon,
+        {
+            "execution_id": new_id(),
+            "language": "python",
+            "code": OK_CODE,
+            "event": {"blob": "e" * (17 * 1024 * 1024)},
+        },
+    )
     daemon.assert_survived()
 
 
@@ -156,9 +186,18 @@ def test_deeply_nested_json(daemon: Daemon, depth: int) -> None:
 
 
 BAD_FIELDS: list[dict[str, Any]] = [
-    {"timeout": 0}, {"timeout": -1}, {"timeout": 3601}, {"timeout": 10**30}, {"timeout": "30s"},
-    {"timeout": 1.5}, {"language": "python; rm -rf /"}, {"language": "ruby"}, {"code": None},
-    {"event": [1, 2]}, {"event": "{}"}, {"env_vars": ["A=1"]},
+    {"timeout": 0},
+    {"timeout": -1},
+    {"timeout": 3601},
+    {"timeout": 10**30},
+    {"timeout": "30s"},
+    {"timeout": 1.5},
+    {"language": "python; rm -rf /"},
+    {"language": "ruby"},
+    {"code": None},
+    {"event": [1, 2]},
+    {"event": "{}"},
+    {"env_vars": ["A=1"]},
 ]
 
 
@@ -169,8 +208,15 @@ def test_other_malformed_fields(daemon: Daemon, fields: dict[str, Any]) -> None:
 
 
 def test_malformed_bodies(daemon: Daemon) -> None:
-    for raw in (b"", b"null", b"[]", b"{", b'{"execution_id": NaN}', b"\x00" * 100,
-                b'{"execution_id": "a", "execution_id": "b"}'):
+    for raw in (
+        b"",
+        b"null",
+        b"[]",
+        b"{",
+        b'{"execution_id": NaN}',
+        b"\x00" * 100,
+        b'{"execution_id": "a", "execution_id": "b"}',
+    ):
         resp = daemon.post(raw)
         assert resp.status_code == 400, (raw, resp.status_code)
         strict_json(resp.content)

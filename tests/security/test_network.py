@@ -21,7 +21,7 @@ def _host_address() -> str:
 
 
 TCP_TO_EXECUTOR = {
-    "python": r'''
+    "python": r"""
 import socket
 def handler(event):
     out = {}
@@ -33,8 +33,8 @@ def handler(event):
         except OSError as exc:
             out[host] = type(exc).__name__
     return out
-''',
-    "javascript": r'''
+""",
+    "javascript": r"""
 const net = require('net');
 const attempt = (host, port) => new Promise((resolve) => {
   const s = net.connect({ host, port, timeout: 1000 }, () => { s.write('GET /health HTTP/1.0\r\n\r\n'); });
@@ -47,8 +47,8 @@ exports.handler = async (event) => {
   for (const host of ['127.0.0.1', event.host_ip, '::1']) out[host] = await attempt(host, event.port);
   return out;
 };
-''',
-    "shell": r'''
+""",
+    "shell": r"""
 port=$(sed 's/.*"port": *\([0-9]*\).*/\1/' "$SANDBOX_EVENT_FILE")
 ip=$(sed 's/.*"host_ip": *"\([^"]*\)".*/\1/' "$SANDBOX_EVENT_FILE")
 for host in 127.0.0.1 "$ip"; do
@@ -60,7 +60,7 @@ for host in 127.0.0.1 "$ip"; do
   fi
 done
 curl -sS -m 2 "http://127.0.0.1:$port/health" 2>&1 || true
-''',
+""",
 }
 
 
@@ -73,15 +73,21 @@ def test_tcp_to_the_executor_port_fails(daemon: Daemon, language: str) -> None:
     assert "healthy" not in text and "HTTP/1" not in text
     if language != "shell":
         assert set(result["return_value"].values()) <= {
-            "ConnectionRefusedError", "OSError", "ECONNREFUSED", "ENETUNREACH", "EADDRNOTAVAIL",
-            "TimeoutError", "timeout", "EHOSTUNREACH",
+            "ConnectionRefusedError",
+            "OSError",
+            "ECONNREFUSED",
+            "ENETUNREACH",
+            "EADDRNOTAVAIL",
+            "TimeoutError",
+            "timeout",
+            "EHOSTUNREACH",
         }, result["return_value"]
     else:
         assert "refused 127.0.0.1" in result["stdout"]
 
 
 UDP_AND_DNS = {
-    "python": r'''
+    "python": r"""
 import socket
 QUERY = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
          b"\x07example\x03com\x00\x00\x01\x00\x01")
@@ -103,8 +109,8 @@ def handler(event):
             s.close()
     out["interfaces"] = [name for _, name in socket.if_nameindex()]
     return out
-''',
-    "javascript": r'''
+""",
+    "javascript": r"""
 const dns = require('dns');
 const dgram = require('dgram');
 exports.handler = async (event) => {
@@ -120,14 +126,14 @@ exports.handler = async (event) => {
   out.interfaces = Object.keys(require('os').networkInterfaces());
   return out;
 };
-''',
-    "shell": r'''
+""",
+    "shell": r"""
 getent hosts example.com && echo "resolved"
 timeout 2 bash -c 'echo x > /dev/udp/8.8.8.8/53' 2>/dev/null && echo "udp sent to 8.8.8.8"
 curl -sS -m 2 https://example.com >/dev/null 2>&1 && echo "https reached"
 ls /sys/class/net 2>/dev/null; cat /proc/net/dev | tail -n +3 | cut -d: -f1
 true
-''',
+""",
 }
 
 
@@ -166,7 +172,7 @@ def abstract_listener() -> Iterator[tuple[str, socket.socket]]:
 
 
 ABSTRACT_UNIX = {
-    "python": r'''
+    "python": r"""
 import socket
 def handler(event):
     out = {}
@@ -183,16 +189,16 @@ def handler(event):
     out["visible"] = [line.split()[-1] for line in open("/proc/net/unix").read().splitlines()[1:]
                       if line.split()[-1].startswith("@")]
     return out
-''',
-    "javascript": r'''
+""",
+    "javascript": r"""
 const net = require('net');
 exports.handler = async (event) => new Promise((resolve) => {
   const s = net.connect({ path: '\0' + event.name });
   s.on('connect', () => { resolve('connected'); s.destroy(); });
   s.on('error', (e) => resolve(e.code));
 });
-''',
-    "shell": r'''
+""",
+    "shell": r"""
 name=$(sed 's/.*"name": *"\([^"]*\)".*/\1/' "$SANDBOX_EVENT_FILE")
 python3 - "$name" <<'EOF'
 import socket, sys
@@ -203,7 +209,7 @@ except OSError as exc:
     print(type(exc).__name__)
 EOF
 grep -c "@$name" /proc/net/unix || true
-''',
+""",
 }
 
 
@@ -225,7 +231,7 @@ def test_abstract_unix_sockets_of_the_host_are_unreachable(
         assert result["stdout"].split() == ["ConnectionRefusedError", "0"], result["stdout"]
 
 
-RAW_SOCKETS = r'''
+RAW_SOCKETS = r"""
 import socket
 def handler(event):
     out = {}
@@ -244,7 +250,7 @@ def handler(event):
         except OSError as exc:
             out[name] = type(exc).__name__
     return out
-'''
+"""
 
 
 def test_raw_and_packet_sockets_are_refused(daemon: Daemon) -> None:

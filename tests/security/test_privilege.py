@@ -7,7 +7,7 @@ import pytest
 
 from tests.security.helpers import LANGUAGES, Daemon
 
-SETUID_BINARIES = r'''
+SETUID_BINARIES = r"""
 import os, stat, subprocess, time
 def handler(event):
     found, euids = [], {}
@@ -47,7 +47,7 @@ def handler(event):
     status = {l.split(":")[0]: l.split(":", 1)[1].strip() for l in open("/proc/self/status")
               if l.startswith(("Uid", "Gid", "CapEff", "CapPrm", "CapBnd", "NoNewPrivs"))}
     return {"setuid": sorted(set(found)), "euids": euids, "tries": tries, "status": status}
-'''
+"""
 
 
 def test_setuid_binaries_give_no_privilege(daemon: Daemon) -> None:
@@ -66,7 +66,7 @@ def test_setuid_binaries_give_no_privilege(daemon: Daemon) -> None:
 
 
 NAMESPACES_AND_MOUNTS = {
-    "python": r'''
+    "python": r"""
 import ctypes, os, subprocess
 libc = ctypes.CDLL(None, use_errno=True)
 def err(rc):
@@ -83,8 +83,8 @@ def handler(event):
         p = subprocess.run(argv, capture_output=True, text=True)
         out[" ".join(argv)] = [p.returncode, p.stdout.strip()]
     return out
-''',
-    "javascript": r'''
+""",
+    "javascript": r"""
 const cp = require('child_process');
 exports.handler = async () => {
   const out = {};
@@ -94,14 +94,14 @@ exports.handler = async () => {
   }
   return out;
 };
-''',
-    "shell": r'''
+""",
+    "shell": r"""
 unshare -r id -u && echo "unshare worked"
 unshare -Urm sh -c 'mount -t tmpfs none /usr && echo mounted' && echo "unshare -Urm worked"
 mount -t tmpfs none /tmp && echo "mount worked"
 umount -l /workspace && echo "umount worked"
 true
-''',
+""",
 }
 
 
@@ -123,7 +123,7 @@ def test_unshare_and_mount_fail(daemon: Daemon, language: str) -> None:
 
 
 PTRACE = {
-    "python": r'''
+    "python": r"""
 import ctypes, os, subprocess, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.ptrace.restype = ctypes.c_long
@@ -141,13 +141,13 @@ def handler(event):
     out["strace"] = p.returncode
     child.kill()
     return out
-''',
-    "shell": r'''
+""",
+    "shell": r"""
 sleep 5 & pid=$!
 strace -p "$pid" -o /dev/null 2>&1 | head -2
 gdb -batch -p "$pid" -ex "info registers rip" 2>&1 | grep -E "rip|ptrace" | head -3
 kill "$pid"; true
-''',
+""",
 }
 
 
@@ -164,7 +164,7 @@ def test_ptrace_fails(daemon: Daemon, language: str) -> None:
         assert "rip " not in out.replace("ptrace", ""), out
 
 
-DEVICES_AND_KERNEL = r'''
+DEVICES_AND_KERNEL = r"""
 import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -199,7 +199,7 @@ def handler(event):
         except OSError as exc:
             out[argv[0]] = type(exc).__name__
     return out
-'''
+"""
 
 
 def test_devices_and_kernel_modules_are_out_of_reach(daemon: Daemon) -> None:
@@ -217,7 +217,7 @@ def test_devices_and_kernel_modules_are_out_of_reach(daemon: Daemon) -> None:
 
 
 WRITE_SYSTEM = {
-    "python": r'''
+    "python": r"""
 import os
 def handler(event):
     out = {}
@@ -235,8 +235,8 @@ def handler(event):
     except OSError as exc:
         out["chmod"] = type(exc).__name__
     return out
-''',
-    "javascript": r'''
+""",
+    "javascript": r"""
 const fs = require('fs');
 exports.handler = async () => {
   const out = {};
@@ -245,12 +245,12 @@ exports.handler = async () => {
   }
   return out;
 };
-''',
-    "shell": r'''
+""",
+    "shell": r"""
 for p in /usr/bin/bash /usr/lib/evil /etc/passwd /etc/evil /evil; do
   if (printf x >> "$p") 2>/dev/null; then echo "written $p"; else echo "refused $p"; fi
 done
-''',
+""",
 }
 
 
@@ -264,7 +264,7 @@ def test_system_directories_are_read_only(daemon: Daemon, language: str) -> None
 
 
 KILL_EVERYTHING = {
-    "python": r'''
+    "python": r"""
 import os, signal
 def handler(event):
     out = {}
@@ -275,18 +275,18 @@ def handler(event):
         except OSError as exc:
             out[str(target)] = type(exc).__name__
     return out
-''',
-    "javascript": r'''
+""",
+    "javascript": r"""
 exports.handler = async (event) => {
   try { process.kill(event.daemon_pid, 'SIGKILL'); return 'sent'; } catch (e) { return e.code; }
 };
-''',
-    "shell": r'''
+""",
+    "shell": r"""
 pid=$(sed 's/.*"daemon_pid": *\([0-9]*\).*/\1/' "$SANDBOX_EVENT_FILE")
 kill -9 "$pid" 2>&1
 kill -9 -1
 echo "still here"
-''',
+""",
 }
 
 
@@ -301,7 +301,7 @@ def test_signals_cannot_reach_the_daemon(daemon: Daemon, language: str) -> None:
         assert result["return_value"] in ("ESRCH", "EPERM")
 
 
-SHELL_DEVICES_AND_KERNEL = r'''
+SHELL_DEVICES_AND_KERNEL = r"""
 for d in /dev/mem /dev/kmem /dev/port /dev/vda /dev/sda /dev/kmsg /proc/kcore /proc/sysrq-trigger; do
   if (exec 3<>"$d") 2>/dev/null; then echo "opened $d"; fi
 done
@@ -309,7 +309,7 @@ mknod /tmp/mem c 1 1 2>/dev/null && echo "mknod worked"
 echo c > /proc/sysrq-trigger 2>/dev/null && echo "sysrq worked"
 insmod /nonexistent.ko 2>/dev/null; modprobe dummy 2>/dev/null && echo "modprobe worked"
 echo done
-'''
+"""
 
 
 def test_devices_and_kernel_from_shell(daemon: Daemon) -> None:

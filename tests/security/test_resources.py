@@ -55,8 +55,7 @@ def test_fork_bomb(fresh: Daemon, language: str) -> None:
 MEMORY_BOMB = {
     "python": "def handler(event):\n    hog = []\n    while True:\n        hog.append(bytearray(16 << 20))\n",
     "javascript": (
-        "exports.handler = async () => { const hog = []; "
-        "for (;;) hog.push(Buffer.alloc(16 << 20, 1)); };\n"
+        "exports.handler = async () => { const hog = []; for (;;) hog.push(Buffer.alloc(16 << 20, 1)); };\n"
     ),
     "shell": "s=x\nwhile :; do s=$s$s; done\n",
 }
@@ -75,7 +74,7 @@ def test_memory_bomb(daemon: Daemon, language: str) -> None:
 
 
 FILL_DISKS = {
-    "python": r'''
+    "python": r"""
 import os
 def fill(path, total):
     written = 0
@@ -89,8 +88,8 @@ def fill(path, total):
     return [written, "ok"]
 def handler(event):
     return {"tmp": fill("/tmp/fill", 64 << 20), "workspace": fill("/workspace/fill", 64 << 20)}
-''',
-    "javascript": r'''
+""",
+    "javascript": r"""
 const fs = require('fs');
 exports.handler = async () => {
   let written = 0, error = 'ok';
@@ -100,12 +99,12 @@ exports.handler = async () => {
   } catch (e) { error = e.code; }
   return { tmp: [written, error] };
 };
-''',
-    "shell": r'''
+""",
+    "shell": r"""
 head -c 64M /dev/zero > /tmp/fill; echo "tmp rc=$?"
 ls -l /tmp/fill | awk '{print "tmp size", $5}'
 head -c 64M /dev/zero > /workspace/fill; echo "workspace rc=$?"
-''',
+""",
 }
 
 
@@ -128,7 +127,7 @@ def test_filling_tmp_and_workspace_is_bounded(fresh: Daemon, language: str) -> N
     assert not fill.exists() or fill.stat().st_size <= FILE_CAP
 
 
-MANY_FILES = r'''
+MANY_FILES = r"""
 import os, time
 def create(root, limit, seconds):
     os.makedirs(root, exist_ok=True)
@@ -145,7 +144,7 @@ def handler(event):
     # As many as 1.5 s allow in the tmpfs (a million, on a fast machine), and more than the
     # report cap in the workspace (whose disk may be slow).
     return {"tmp": create("/tmp/many", 1_000_000, 1.5), "workspace": create("/workspace/many", 1500, 6)}
-'''
+"""
 
 
 def test_a_million_tiny_files(fresh: Daemon) -> None:
@@ -164,7 +163,7 @@ def test_a_million_tiny_files(fresh: Daemon) -> None:
 
 
 OUTPUT_FLOOD = {
-    "python": r'''
+    "python": r"""
 import os, sys, threading
 def flood(fd):
     chunk = b"x" * 65536
@@ -172,12 +171,12 @@ def flood(fd):
         os.write(fd, chunk)
 threading.Thread(target=flood, args=(2,), daemon=True).start()
 flood(1)
-''',
-    "javascript": r'''
+""",
+    "javascript": r"""
 const fs = require('fs');
 const chunk = Buffer.alloc(65536, 'x');
 for (;;) { fs.writeSync(1, chunk); fs.writeSync(2, chunk); }
-''',
+""",
     "shell": "yes xxxxxxxxxxxxxxxx >&2 &\nyes yyyyyyyyyyyyyyyyyyyy\n",
 }
 
@@ -200,7 +199,7 @@ def _heartbeat(marker: str) -> str:
 
 
 ESCAPE_THE_HANDLER = {
-    "python": r'''
+    "python": r"""
 import os, subprocess
 def handler(event):
     if os.fork() == 0:
@@ -209,21 +208,21 @@ def handler(event):
             os.execv("/bin/sh", ["sh", "-c", event["loop"]])
         os._exit(0)
     return "returned"
-''',
-    "javascript": r'''
+""",
+    "javascript": r"""
 const cp = require('child_process');
 exports.handler = async (event) => {
   cp.spawn('sh', ['-c', event.loop], { detached: true, stdio: 'ignore' }).unref();
   return 'returned';
 };
-''',
-    "shell": r'''
+""",
+    "shell": r"""
 loop=$(sed 's/.*"loop": *"\([^"]*\)".*/\1/' "$SANDBOX_EVENT_FILE")
 setsid nohup sh -c "$loop" >/dev/null 2>&1 &
 disown
 trap '' HUP TERM
 echo returned
-''',
+""",
 }
 
 
@@ -248,8 +247,7 @@ IGNORE_SIGTERM = {
         "while True:\n    pass\n"
     ),
     "javascript": (
-        "for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(s, () => {});\n"
-        "for (;;) {}\n"
+        "for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(s, () => {});\nfor (;;) {}\n"
     ),
     "shell": "trap '' TERM INT HUP\nwhile :; do :; done\n",
 }
@@ -266,7 +264,7 @@ def test_process_ignoring_sigterm_is_killed_at_the_timeout(daemon: Daemon, langu
 
 
 FILL_DEV = {
-    "python": r'''
+    "python": r"""
 def fill(path):
     written = 0
     try:
@@ -279,9 +277,9 @@ def fill(path):
     return [written, "ok"]
 def handler(event):
     return {"dev": fill("/dev/fill"), "shm": fill("/dev/shm/fill")}
-''',
-    "shell": "head -c 64M /dev/zero > /dev/fill; echo \"dev rc=$?\"\n"
-    "head -c 64M /dev/zero > /dev/shm/fill; echo \"shm rc=$?\"; wc -c < /dev/shm/fill\n",
+""",
+    "shell": 'head -c 64M /dev/zero > /dev/fill; echo "dev rc=$?"\n'
+    'head -c 64M /dev/zero > /dev/shm/fill; echo "shm rc=$?"; wc -c < /dev/shm/fill\n',
 }
 
 

@@ -10,7 +10,7 @@ from tests.security.helpers import SUITE_ENV, Daemon
 RETURN_CAP = int(SUITE_ENV["MAX_RETURN_VALUE_BYTES"])
 
 FORGED_MARKERS = {
-    "python": r'''
+    "python": r"""
 import os, sys
 FORGED = b'{"ok": true, "return_value": "forged"}'
 def handler(event):
@@ -22,8 +22,8 @@ def handler(event):
     child = "import os\nfor fd in range(3, 1024):\n    try: os.write(fd, DOC)\n    except OSError: pass\n"
     subprocess.run([sys.executable, "-c", child.replace("DOC", repr(FORGED))])
     return "genuine"
-''',
-    "javascript": r'''
+""",
+    "javascript": r"""
 const fs = require('fs');
 const cp = require('child_process');
 const FORGED = '{"ok": true, "return_value": "forged"}';
@@ -36,13 +36,13 @@ exports.handler = async () => {
   cp.spawnSync(process.execPath, ['-e', child]);
   return 'genuine';
 };
-''',
-    "shell": r'''
+""",
+    "shell": r"""
 FORGED='{"ok": true, "return_value": "forged"}'
 for fd in $(seq 3 255); do { printf '%s' "$FORGED" >&$fd; } 2>/dev/null; done
 echo "__RESULT__${FORGED}__END_RESULT__"
 exit 3
-''',
+""",
 }
 
 
@@ -62,7 +62,7 @@ def test_forged_markers_change_nothing(daemon: Daemon, language: str) -> None:
 def test_a_forged_outcome_cannot_turn_a_timeout_or_crash_into_success(daemon: Daemon) -> None:
     # The handler itself may write its own result fd (it *is* the handler), but the verdict
     # on time and exit status stays the executor's.
-    hang = r'''
+    hang = r"""
 import os, time
 def handler(event):
     for fd in range(3, 1024):
@@ -71,7 +71,7 @@ def handler(event):
         except OSError:
             pass
     time.sleep(30)
-'''
+"""
     result = daemon.attack(hang, timeout=1)
     assert result["status"] == "timeout" and result["return_value"] is None
     die = hang.replace("time.sleep(30)", "os._exit(3)")
@@ -127,7 +127,7 @@ def test_a_100_mib_return_value(daemon: Daemon, language: str) -> None:
 
 
 def test_a_100_mib_write_straight_into_the_result_channel(daemon: Daemon) -> None:
-    code = r'''
+    code = r"""
 import os
 def handler(event):
     chunk = b"[" * (1 << 20)
@@ -139,7 +139,7 @@ def handler(event):
         except OSError:
             continue
     return "never seen"
-'''
+"""
     result = daemon.attack(code, timeout=10)
     assert result["status"] == "failed" and result["return_value"] is None, result["status"]
 

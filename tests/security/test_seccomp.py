@@ -140,8 +140,10 @@ def handler(event):
 
 
 def _probe_event(probes: list[tuple[str, tuple[int, ...]]]) -> dict[str, object]:
-    rows = [[name, int(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)), list(args)]
-            for name, args in probes]
+    rows = [
+        [name, int(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)), list(args)]
+        for name, args in probes
+    ]
     return {"probes": rows, "clone": CLONE_FLAGS}
 
 
@@ -189,8 +191,16 @@ async def test_filter_refuses_the_denied_calls(run_engine: EngineRun) -> None:
         assert got == baseline, f"{name}{tuple(args)} is changed by the filter: {got} vs {baseline}"
     # The control run shows the filter, not the namespaces, gave most of these answers.
     changed = [row[0] for row, base in pairs[:denied] if row[2] != base[2]]
-    must_change = ("ptrace", "unshare", "keyctl", "io_uring_setup", "userfaultfd", "mount",
-                   "clone3", "personality")
+    must_change = (
+        "ptrace",
+        "unshare",
+        "keyctl",
+        "io_uring_setup",
+        "userfaultfd",
+        "mount",
+        "clone3",
+        "personality",
+    )
     for name in must_change:
         assert name in changed, f"{name}: same answer without the filter ({changed})"
     for flag, got in with_f["clone"].items():
@@ -233,7 +243,7 @@ async def test_foreign_architectures_are_killed(run_engine: EngineRun) -> None:
     assert unfiltered.return_value == {"x32": [0, "alive"], "int80": [0, "alive"]}
 
 
-PYTHON_WORKLOAD = r'''
+PYTHON_WORKLOAD = r"""
 import asyncio, concurrent.futures, multiprocessing, subprocess, threading
 
 def status(path):
@@ -267,9 +277,9 @@ def handler(event):
     return {"threads": sorted(results), "pooled": pooled, "out": out, "asynced": asynced, "mp": mp,
             "ppe": ppe, "child_filtered": child, "self": status("/proc/self/status"),
             "init": status("/proc/1/status")}
-'''
+"""
 
-NODE_WORKLOAD = r'''
+NODE_WORKLOAD = r"""
 const { Worker } = require('worker_threads');
 const cp = require('child_process');
 const fs = require('fs');
@@ -291,9 +301,9 @@ exports.handler = async () => {
   const seccomp = fs.readFileSync('/proc/self/status', 'utf8').includes('Seccomp:\t2');
   return { worker, execd, code, forked, back, timers, seccomp };
 };
-'''
+"""
 
-SHELL_WORKLOAD = r'''
+SHELL_WORKLOAD = r"""
 set -eu
 echo "a b c" | tr a-z A-Z | sort
 ( cd /tmp && echo "subshell $(pwd)" )
@@ -303,7 +313,7 @@ while read -r n; do total=$(( ${total:-0} + n )); done < <(seq 1 10); echo "sum 
 coproc cat; echo hi >&"${COPROC[1]}"; exec {COPROC[1]}>&-
 read -r line <&"${COPROC[0]}"; echo "coproc $line"
 grep -c "Seccomp:.2" /proc/self/status
-'''
+"""
 
 
 async def test_python_keeps_working(run_engine: EngineRun) -> None:
@@ -326,7 +336,12 @@ async def test_node_keeps_working(run_engine: EngineRun) -> None:
     result = await run_engine(NODE_WORKLOAD, "javascript", timeout=20)
     assert result.status == "success", result.stderr
     assert result.return_value == {
-        "worker": 42, "execd": "CHILD", "code": 3, "forked": 7, "back": "data", "timers": "tick",
+        "worker": 42,
+        "execd": "CHILD",
+        "code": 3,
+        "forked": 7,
+        "back": "data",
+        "timers": "tick",
         "seccomp": True,
     }
 
@@ -335,5 +350,11 @@ async def test_bash_keeps_working(run_engine: EngineRun) -> None:
     result = await run_engine(SHELL_WORKLOAD, "shell", timeout=20)
     assert result.status == "success", result.stderr
     assert result.stdout.splitlines() == [
-        "A B C", "subshell /tmp", "background done", "lines 100", "sum 55", "coproc hi", "1",
+        "A B C",
+        "subshell /tmp",
+        "background done",
+        "lines 100",
+        "sum 55",
+        "coproc hi",
+        "1",
     ]

@@ -291,9 +291,7 @@ class FakeControlPlane:
             self._requests.append(record)
             self._changed.notify_all()
 
-    def requests(
-        self, kind: str | None = None, execution_id: str | None = None
-    ) -> list[RecordedRequest]:
+    def requests(self, kind: str | None = None, execution_id: str | None = None) -> list[RecordedRequest]:
         """Recorded requests, oldest first, optionally filtered."""
         with self._lock:
             return [
@@ -315,9 +313,7 @@ class FakeControlPlane:
         """Block until ``count`` matching requests were recorded (and answered ``status``)."""
         deadline = time.monotonic() + timeout
         while True:
-            found = [
-                r for r in self.requests(kind, execution_id) if status is None or r.status == status
-            ]
+            found = [r for r in self.requests(kind, execution_id) if status is None or r.status == status]
             if len(found) >= count:
                 return found
             remaining = deadline - time.monotonic()

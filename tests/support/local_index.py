@@ -56,7 +56,7 @@ def wheel_bytes(
 
 # The in-tree backend builds a wheel with the same hand-made format; BUILD_CODE runs first
 # (it is what an attacker controls) and may define FINDINGS, written into the wheel's module.
-_BACKEND_TEMPLATE = '''
+_BACKEND_TEMPLATE = """
 import base64, hashlib, io, os, zipfile
 
 NAME = {name!r}
@@ -98,7 +98,7 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
         for p, d in members.items():
             zf.writestr(p, d)
     return filename
-'''
+"""
 
 
 def sdist_bytes(name: str, version: str, module: str, build_code: str) -> tuple[str, bytes]:
@@ -107,7 +107,9 @@ def sdist_bytes(name: str, version: str, module: str, build_code: str) -> tuple[
     dist = _dist_name(name)
     root = f"{dist}-{version}"
     backend = _BACKEND_TEMPLATE.format(
-        name=name, version=version, module=module,
+        name=name,
+        version=version,
+        module=module,
         build_code=textwrap.indent(textwrap.dedent(build_code), "    "),
     )
     files = {
@@ -156,8 +158,7 @@ class LocalIndex:
         with self._lock:
             self.files[filename] = data
 
-    def add_wheel(self, name: str, version: str, files: dict[str, str],
-                  requires: Iterable[str] = ()) -> str:
+    def add_wheel(self, name: str, version: str, files: dict[str, str], requires: Iterable[str] = ()) -> str:
         filename, data = wheel_bytes(name, version, files, requires)
         self.add(filename, data)
         return filename
@@ -189,12 +190,10 @@ class LocalIndex:
                 index.gate.wait(60)
                 path = self.path.split("?", 1)[0]
                 if path in ("/simple", "/simple/"):
-                    links = "".join(
-                        f'<a href="/simple/{p}/">{p}</a>\n' for p in sorted(index._projects())
-                    )
+                    links = "".join(f'<a href="/simple/{p}/">{p}</a>\n' for p in sorted(index._projects()))
                     self._send(200, f"<html><body>\n{links}</body></html>".encode(), "text/html")
                 elif path.startswith("/simple/"):
-                    project = canonicalize_name(path[len("/simple/"):].strip("/"))
+                    project = canonicalize_name(path[len("/simple/") :].strip("/"))
                     files = index._projects().get(project)
                     if files is None:
                         self._send(404, b"not found", "text/plain")
@@ -206,7 +205,7 @@ class LocalIndex:
                         links += f'<a href="/files/{quoted}#sha256={digest}">{quoted}</a>\n'
                     self._send(200, f"<html><body>\n{links}</body></html>".encode(), "text/html")
                 elif path.startswith("/files/"):
-                    data = index.files.get(path[len("/files/"):])
+                    data = index.files.get(path[len("/files/") :])
                     if data is None:
                         self._send(404, b"not found", "text/plain")
                     else:
@@ -237,7 +236,9 @@ class LocalIndex:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()

@@ -91,9 +91,7 @@ async def reporter_factory(tmp_path: Path) -> AsyncIterator[Any]:
         await reporter.aclose()
 
 
-async def wait_for(
-    cp: FakeControlPlane, kind: str, count: int = 1, **kwargs: Any
-) -> list[RecordedRequest]:
+async def wait_for(cp: FakeControlPlane, kind: str, count: int = 1, **kwargs: Any) -> list[RecordedRequest]:
     return await asyncio.to_thread(cp.wait_for, kind, count, **kwargs)
 
 
@@ -134,9 +132,7 @@ async def test_result_delivered_with_exact_body_and_headers(
     assert reporter.stats() == {"pending": 0, "undeliverable": 0, "delivered": 1}
 
 
-async def test_no_authorization_header_without_token(
-    cp: FakeControlPlane, reporter_factory: Any
-) -> None:
+async def test_no_authorization_header_without_token(cp: FakeControlPlane, reporter_factory: Any) -> None:
     reporter = await reporter_factory(cp.url, internal_api_token=None)
     await reporter.submit_result(EID, None, make_result())
     [request] = await wait_for(cp, "result")
@@ -188,9 +184,7 @@ async def test_503_and_429_are_transient(cp: FakeControlPlane, reporter_factory:
     await eventually(lambda: reporter.stats()["delivered"] == 1)
 
 
-async def test_connection_refused_then_up_on_same_port(
-    cp: FakeControlPlane, reporter_factory: Any
-) -> None:
+async def test_connection_refused_then_up_on_same_port(cp: FakeControlPlane, reporter_factory: Any) -> None:
     # Budget: 4 attempts 50 ms apart, then the replayer every 0.3 s.
     port = cp.port
     cp.stop()
@@ -264,9 +258,7 @@ async def test_real_409_after_crashed_report(cp: FakeControlPlane, reporter_fact
     assert cp.requests("result")[1].status == 409
 
 
-async def test_submit_is_idempotent_per_execution_id(
-    cp: FakeControlPlane, reporter_factory: Any
-) -> None:
+async def test_submit_is_idempotent_per_execution_id(cp: FakeControlPlane, reporter_factory: Any) -> None:
     reporter = await reporter_factory(cp.url)
     await asyncio.gather(
         reporter.submit_result(EID, None, make_result(stdout="first")),
@@ -329,9 +321,7 @@ async def test_result_is_on_disk_before_submit_returns(
     assert json.loads(body) == result_body(make_result())
 
 
-async def test_results_survive_a_dropped_instance(
-    cp: FakeControlPlane, reporter_factory: Any
-) -> None:
+async def test_results_survive_a_dropped_instance(cp: FakeControlPlane, reporter_factory: Any) -> None:
     cp.stop()
     first = await reporter_factory(cp.url)
     ids = [f"{EID}_{i}" for i in range(3)]
@@ -351,9 +341,7 @@ async def test_replayer_delivers_after_retry_budget_spent(
     cp: FakeControlPlane, reporter_factory: Any
 ) -> None:
     cp.respond(503, kind="result", times=5)
-    reporter = await reporter_factory(
-        cp.url, callback_max_attempts=2, outbox_replay_interval_seconds=0.2
-    )
+    reporter = await reporter_factory(cp.url, callback_max_attempts=2, outbox_replay_interval_seconds=0.2)
     await reporter.submit_result(EID, None, make_result())
     await wait_for(cp, "result", status=201, timeout=4)
     statuses = [r.status for r in cp.requests("result")]
@@ -406,13 +394,8 @@ async def test_callback_metrics_counted(cp: FakeControlPlane, reporter_factory: 
     reporter = await reporter_factory(cp.url)
     await reporter.submit_result(EID, None, make_result())
     await eventually(lambda: reporter.stats()["delivered"] == 1)
-    assert (
-        metric("sandbox_callbacks_total", {"kind": "result", "outcome": "success"}) == before_ok + 1
-    )
-    assert (
-        metric("sandbox_callbacks_total", {"kind": "result", "outcome": "transient"})
-        == before_tr + 1
-    )
+    assert metric("sandbox_callbacks_total", {"kind": "result", "outcome": "success"}) == before_ok + 1
+    assert metric("sandbox_callbacks_total", {"kind": "result", "outcome": "transient"}) == before_tr + 1
     assert metric("sandbox_result_delivery_latency_seconds_count") == before_lat + 1
     assert metric("sandbox_outbox_pending") == 0
     assert CALLBACKS is not None
@@ -444,9 +427,7 @@ async def test_heartbeats_every_interval_and_none_after_block(
     assert beats[0].header("Authorization") == f"Bearer {TOKEN}"
 
 
-async def test_failing_heartbeats_change_nothing(
-    cp: FakeControlPlane, reporter_factory: Any
-) -> None:
+async def test_failing_heartbeats_change_nothing(cp: FakeControlPlane, reporter_factory: Any) -> None:
     cp.respond(500, kind="heartbeat", times=1)
     cp.hang(3, kind="heartbeat", times=1)
     reporter = await reporter_factory(cp.url, heartbeat_interval=0.15, callback_timeout_seconds=0.5)
@@ -461,9 +442,7 @@ async def test_failing_heartbeats_change_nothing(
     assert time.monotonic() - started < 0.6  # refused beats neither raise nor delay the exit
 
 
-async def test_heartbeat_block_exit_cancels_hanging_beat(
-    cp: FakeControlPlane, reporter_factory: Any
-) -> None:
+async def test_heartbeat_block_exit_cancels_hanging_beat(cp: FakeControlPlane, reporter_factory: Any) -> None:
     cp.hang(5, kind="heartbeat")
     reporter = await reporter_factory(cp.url, heartbeat_interval=0.1, callback_timeout_seconds=5)
     block = reporter.heartbeat(EID)
@@ -532,9 +511,7 @@ async def test_exited_body(cp: FakeControlPlane, reporter_factory: Any) -> None:
     assert isinstance(body["exited_at"], str)
 
 
-async def test_exited_is_short_and_never_raises(
-    cp: FakeControlPlane, reporter_factory: Any
-) -> None:
+async def test_exited_is_short_and_never_raises(cp: FakeControlPlane, reporter_factory: Any) -> None:
     cp.hang(5, kind="exited")
     reporter = await reporter_factory(cp.url, callback_timeout_seconds=10)
     started = time.monotonic()

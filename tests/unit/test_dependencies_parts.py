@@ -35,8 +35,7 @@ from sandbox_executor.errors import ApiError
         ("requests", "requests", "requests"),
         ("Requests==2.31.0", "requests", "requests==2.31.0"),
         (" pandas >= 2.0 , <3 ", "pandas", "pandas<3,>=2.0"),
-        ("Foo_Bar[b,a]>=1; python_version >= '3.8'", "foo-bar",
-         'foo-bar[a,b]>=1; python_version >= "3.8"'),
+        ("Foo_Bar[b,a]>=1; python_version >= '3.8'", "foo-bar", 'foo-bar[a,b]>=1; python_version >= "3.8"'),
         ("zope.interface", "zope-interface", "zope-interface"),
     ],
 )
@@ -92,8 +91,8 @@ def test_entry_count_is_bounded_and_later_duplicates_win() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["https://pypi.org/simple", "http://127.0.0.1:8000/simple/",
-            "https://user:pw@repo.example.com/simple"],
+    "url",
+    ["https://pypi.org/simple", "http://127.0.0.1:8000/simple/", "https://user:pw@repo.example.com/simple"],
 )
 def test_good_index_urls(url: str) -> None:
     assert validate_index_url(url) == url
@@ -101,9 +100,19 @@ def test_good_index_urls(url: str) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["", "file:///etc", "ftp://example.com/simple", "http://", "https:///simple",
-     "pypi.org/simple", "http://example.com/a b", "http://example.com:99999/",
-     "https://example.com/\nsimple", "-i http://x", "http://" + "a" * 3000],
+    [
+        "",
+        "file:///etc",
+        "ftp://example.com/simple",
+        "http://",
+        "https:///simple",
+        "pypi.org/simple",
+        "http://example.com/a b",
+        "http://example.com:99999/",
+        "https://example.com/\nsimple",
+        "-i http://x",
+        "http://" + "a" * 3000,
+    ],
 )
 def test_bad_index_urls_are_400(url: str) -> None:
     with pytest.raises(ApiError) as info:
@@ -262,11 +271,17 @@ def test_pip_runs_in_a_sandbox_with_nothing_of_the_daemon(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("INTERNAL_API_TOKEN", "tok-123")
-    settings = Settings(sandbox_venv_path=tmp_path / "venv", internal_api_token="tok-123",
-                        executor_api_token="tok-456")
+    settings = Settings(
+        sandbox_venv_path=tmp_path / "venv", internal_api_token="tok-123", executor_api_token="tok-456"
+    )
     runner = PipRunner(settings)
-    job = PipJob(["alpha==1.0", "beta"], "http://127.0.0.1:9/simple", tmp_path / "v1",
-                 tmp_path / "scratch", tmp_path / "cache")
+    job = PipJob(
+        ["alpha==1.0", "beta"],
+        "http://127.0.0.1:9/simple",
+        tmp_path / "v1",
+        tmp_path / "scratch",
+        tmp_path / "cache",
+    )
     argv, fds, env, cwd = runner.command(job)
     try:
         assert env == {} and cwd is None  # bwrap itself starts with an empty environment
@@ -275,13 +290,23 @@ def test_pip_runs_in_a_sandbox_with_nothing_of_the_daemon(
         assert not any("tok-" in arg for arg in argv)
         sep = argv.index("--", argv.index("--clearenv"))
         setenv = {argv[i + 1] for i, a in enumerate(argv[:sep]) if a == "--setenv"}
-        assert setenv <= {"PATH", "HOME", "TMPDIR", "LANG", "PYTHONDONTWRITEBYTECODE",
-                          "SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE"}
+        assert setenv <= {
+            "PATH",
+            "HOME",
+            "TMPDIR",
+            "LANG",
+            "PYTHONDONTWRITEBYTECODE",
+            "SSL_CERT_FILE",
+            "PIP_CERT",
+            "REQUESTS_CA_BUNDLE",
+        }
         writable = {argv[i + 1]: argv[i + 2] for i, a in enumerate(argv[:sep]) if a == "--bind"}
-        assert writable == {str(tmp_path / "v1"): "/opt/sandbox-venv",
-                            str(tmp_path / "cache"): PIP_CACHE_MOUNT,
-                            str(tmp_path / "scratch"): "/workspace"}
-        inner = argv[sep + 1:]
+        assert writable == {
+            str(tmp_path / "v1"): "/opt/sandbox-venv",
+            str(tmp_path / "cache"): PIP_CACHE_MOUNT,
+            str(tmp_path / "scratch"): "/workspace",
+        }
+        inner = argv[sep + 1 :]
         assert inner[0] == settings.python_binary
         assert "--isolated" in inner and "--no-input" in inner
         assert inner[inner.index("--index-url") + 1] == "http://127.0.0.1:9/simple"
@@ -299,12 +324,19 @@ def test_pip_runs_in_a_sandbox_with_nothing_of_the_daemon(
 
 def test_unsandboxed_pip_still_gets_a_clean_environment(tmp_path: Path) -> None:
     settings = Settings(sandbox_venv_path=tmp_path / "venv", disable_bwrap=True)
-    job = PipJob(["alpha"], "https://i.example/simple", tmp_path / "v1", tmp_path / "s",
-                 tmp_path / "c")
+    job = PipJob(["alpha"], "https://i.example/simple", tmp_path / "v1", tmp_path / "s", tmp_path / "c")
     argv, fds, env, cwd = PipRunner(settings).command(job)
     assert fds == [] and cwd == str(tmp_path / "s")
-    assert set(env) <= {"PATH", "HOME", "TMPDIR", "LANG", "PYTHONDONTWRITEBYTECODE",
-                        "SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE"}
+    assert set(env) <= {
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "LANG",
+        "PYTHONDONTWRITEBYTECODE",
+        "SSL_CERT_FILE",
+        "PIP_CERT",
+        "REQUESTS_CA_BUNDLE",
+    }
     assert argv[argv.index("--target") + 1] == str(tmp_path / "v1")
 
 

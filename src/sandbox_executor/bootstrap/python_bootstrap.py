@@ -129,16 +129,14 @@ def _sandbox_main() -> None:
     except (TypeError, ValueError, RecursionError, OverflowError) as exc:
         fail(
             "NonSerializableReturn",
-            f"The handler's return value is not JSON-serializable: {type(exc).__name__}: "
-            f"{str(exc)[:500]}",
+            f"The handler's return value is not JSON-serializable: {type(exc).__name__}: {str(exc)[:500]}",
         )
     except MemoryError:
         fail("MemoryError", "MemoryError while serializing the return value.")
     if len(payload) > max_bytes:
         fail(
             "ReturnValueTooLarge",
-            f"The handler's return value is {len(payload)} bytes serialized; "
-            f"the limit is {max_bytes} bytes.",
+            f"The handler's return value is {len(payload)} bytes serialized; the limit is {max_bytes} bytes.",
         )
     view = memoryview(payload)
     while view:
@@ -182,7 +180,9 @@ def _json_loads(data: bytes) -> "Any":
         parse_float = float
         parse_int = int
         parse_constant = {
-            "NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")
+            "NaN": float("nan"),
+            "Infinity": float("inf"),
+            "-Infinity": float("-inf"),
         }.__getitem__
 
     text = data.decode("utf-8", "surrogatepass")
