@@ -1,16 +1,148 @@
-"""API errors with the JSON body the control plane reads on 4xx/5xx.
+"""The executor's domain errors: one base, a stable error code per kind.
 
-Body: ``{"error_code", "description", "error_detail", "solution", "request_id"}``; the
-request id is filled in by the API layer.
+Domain code raises these and never chooses an HTTP status; ``api.py`` maps each kind to
+one in a single table (``STATUS_BY_ERROR``). The JSON body the control plane reads on
+4xx/5xx is ``{"error_code", "description", "error_detail", "solution", "request_id"}``.
+
+    ExecutorError
+    ├── InvalidRequest ............ Executor.ValidationError
+    ├── Unauthorized .............. Executor.Unauthorized
+    ├── NotFound .................. Executor.NotFound
+    ├── Conflict .................. Executor.Conflict
+    ├── InstallFailed ............. Executor.DependencyInstallFailed
+    ├── Unavailable ............... Executor.Unavailable      (comes with Retry-After)
+    │   ├── QueueFull ............. Executor.QueueFull
+    │   ├── ShuttingDown .......... Executor.ShuttingDown
+    │   ├── Busy .................. Executor.Busy
+    │   └── StorageUnavailable .... Executor.StorageUnavailable
+    └── InternalError ............. Executor.InternalError
+        └── SandboxStartError ..... Executor.SandboxStartError
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
+class ExecutorError(Exception):
+    """Base of every error the executor reports to a caller."""
+
+    error_code: ClassVar[str] = "Executor.Error"
+    default_solution: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        description: str,
+        detail: Any = None,
+        solution: str | None = None,
+        *,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(description)
+        self.description = description
+        self.detail = detail
+        self.solution = self.default_solution if solution is None else solution
+        self.retry_after = retry_after
+
+    def body(self, request_id: str) -> dict[str, Any]:
+        """The JSON error body of CONTRACT.md section 1."""
+        return {
+            "error_code": self.error_code,
+            "description": self.description,
+            "error_detail": self.detail,
+            "solution": self.solution,
+            "request_id": request_id,
+        }
+
+
+class InvalidRequest(ExecutorError):
+    """The request cannot be accepted as sent; nothing ran."""
+
+    error_code = "Executor.ValidationError"
+    default_solution = "Fix the request and retry."
+
+
+class Unauthorized(ExecutorError):
+    """Missing or wrong bearer token."""
+
+    error_code = "Executor.Unauthorized"
+    default_solution = "Send Authorization: Bearer <EXECUTOR_API_TOKEN>."
+
+
+class NotFound(ExecutorError):
+    """No such execution, file or route."""
+
+    error_code = "Executor.NotFound"
+
+
+class Conflict(ExecutorError):
+    """The id is taken by a different request."""
+
+    error_code = "Executor.Conflict"
+    default_solution = "Use a new execution_id for a different request."
+
+
+class InstallFailed(ExecutorError):
+    """pip could not install the requested set; the previous set stays installed."""
+
+    error_code = "Executor.DependencyInstallFailed"
+    default_solution = (
+        "Check the package names, versions and the index URL; the previous set stays installed."
+    )
+
+
+class Unavailable(ExecutorError):
+    """Temporarily unable to take the request; retry after ``retry_after`` seconds."""
+
+    error_code = "Executor.Unavailable"
+
+    def __init__(
+        self,
+        description: str,
+        detail: Any = None,
+        solution: str | None = None,
+        *,
+        retry_after: int | None = 5,
+    ) -> None:
+        super().__init__(description, detail, solution, retry_after=retry_after)
+
+
+class QueueFull(Unavailable):
+    error_code = "Executor.QueueFull"
+    default_solution = "Retry after the delay in Retry-After."
+
+
+class ShuttingDown(Unavailable):
+    error_code = "Executor.ShuttingDown"
+    default_solution = "Retry on another executor."
+
+
+class Busy(Unavailable):
+    error_code = "Executor.Busy"
+
+
+class StorageUnavailable(Unavailable):
+    """An acceptance or result cannot be made durable (RESULTS_DIR unwritable or full)."""
+
+    error_code = "Executor.StorageUnavailable"
+    default_solution = "Free space in RESULTS_DIR or make it writable; accepting resumes by itself."
+
+
+class InternalError(ExecutorError):
+    """A fault of the executor or its host, never of the caller."""
+
+    error_code = "Executor.InternalError"
+
+
+class SandboxStartError(InternalError):
+    """A sandbox could not be started at all (bwrap missing, namespaces refused, fds)."""
+
+    error_code = "Executor.SandboxStartError"
+
+
+# Kept while the modules move to the tree above; removed once nothing raises them.
 class ApiError(Exception):
-    """An error answered to the client as JSON with ``status_code``."""
+    """An error answered to the client as JSON with ``status_code`` (being phased out)."""
 
     def __init__(
         self,
@@ -40,7 +172,7 @@ class ApiError(Exception):
 
 
 def validation_error(description: str, detail: Any = None, solution: str = "") -> ApiError:
-    """400 Executor.ValidationError."""
+    """400 Executor.ValidationError (being phased out: raise InvalidRequest)."""
     return ApiError(
         400, "Executor.ValidationError", description, detail, solution or "Fix the request and retry."
     )
