@@ -109,6 +109,56 @@ def plan(policy: Policy, abi: int) -> Plan:
     return Plan(fs, net, scope, tuple(paths), tuple(ports))
 
 
+# What the interpreters need, read-only (measured: docs in /work/notes/isolation-findings.md).
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_FILES = (
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/ssl/certs",
+    "/etc/ssl/openssl.cnf",  # node exits when OpenSSL's config is EACCES (ENOENT is fine)
+    "/etc/ca-certificates.conf",
+    "/etc/localtime",
+    "/etc/timezone",
+    "/etc/alternatives",
+    "/etc/hosts",  # getaddrinfo("localhost")
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+)
+# The container's accounts (getpwuid, os.userInfo, id -un); a host's would list its users.
+ETC_ACCOUNTS = ("/etc/passwd", "/etc/group")
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+# POSIX semaphores (Python multiprocessing's locks: sem_open) live in /dev/shm.
+SHARED_MEMORY = "/dev/shm"
+
+
+def sandbox_policy(
+    workspace: str,
+    private_tmp: str,
+    read_only: Sequence[str] = (),
+    *,
+    proc: bool = False,
+    accounts: bool = True,
+    shared_memory: bool = True,
+    connect_tcp: Sequence[int] = (),
+) -> Policy:
+    """The landlock level's policy for one run.
+
+    ``read_only`` adds the session venv, the bootstrap files... ``proc`` opens /proc
+    read-only; without it nothing of /proc is reachable (Landlock's ptrace scoping hides
+    other processes' environ, memory, fds and root either way, but with ``proc`` their
+    cmdline and status stay readable).
+    """
+    extra = (*read_only, *(("/proc",) if proc else ()), *(ETC_ACCOUNTS if accounts else ()))
+    writable = (workspace, private_tmp, *((SHARED_MEMORY,) if shared_memory else ()))
+    return Policy(
+        read_only=(*SYSTEM_DIRS, *ETC_FILES, *extra),
+        read_write=writable,
+        devices=DEVICES,
+        connect_tcp=tuple(connect_tcp),
+    )
+
+
 # ---- the kernel calls ------------------------------------------------------------------
 
 
