@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Any
 
 # Refused with EPERM, whatever the arguments. Grouped as in docs/SECURITY.md.
 DENY_EPERM: tuple[str, ...] = (
@@ -103,6 +104,11 @@ CLONE_NAMESPACE_FLAGS: dict[str, int] = {
 # personality(): only PER_LINUX (0) and the 0xffffffff query are allowed (see build_program).
 PERSONALITY_QUERY = 0xFFFFFFFF
 
+# The landlock level's socket families (see build_landlock_program).
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+FAMILY_LIMIT = 64  # above AF_MAX (46 in Linux 6.18): room for families to come
+LOW_32 = 0xFFFFFFFF
+
 # Every syscall name the filter mentions, for documentation checks.
 ALL_RULE_NAMES: tuple[str, ...] = (
     *DENY_EPERM,
@@ -125,6 +131,36 @@ def build_program() -> bytes:
 
     Raises ImportError when libseccomp is not installed and OSError when it refuses a rule.
     """
+    return _export(_base_filter())
+
+
+def build_landlock_program(allow_inet: bool = False) -> bytes:
+    """The filter of the landlock level: the bwrap filter plus what namespaces gave there.
+
+    Without a network namespace, ``socket()``/``socketpair()`` are limited to AF_UNIX
+    (and AF_INET/AF_INET6 when ``allow_inet``: Landlock then bounds TCP to the allowed
+    ports, UDP stays open): no AF_NETLINK, AF_PACKET, AF_VSOCK... Without a pid namespace,
+    ``kill(-1, sig)`` would signal every process of the uid, the daemon included: refused
+    (Landlock ABI >= 6 also scopes signals; this holds on older kernels too). ``ptrace``
+    and ``process_vm_readv``/``writev`` are refused by the base filter already.
+    """
+    import pyseccomp as seccomp
+
+    filt = _base_filter()
+    eperm = seccomp.ERRNO(errno.EPERM)
+    allowed = {AF_UNIX} | ({AF_INET, AF_INET6} if allow_inet else set())
+    # The kernel reads the family as an int: compare the low 32 bits only (upper bits are
+    # ignored by the kernel, so an exact 64-bit test could be dodged by setting them).
+    # Families at or above AF_MAX fail in the kernel with EAFNOSUPPORT anyway.
+    for family in range(FAMILY_LIMIT):
+        if family not in allowed:
+            for call in ("socket", "socketpair"):
+                filt.add_rule(eperm, call, seccomp.Arg(0, seccomp.MASKED_EQ, LOW_32, family))
+    filt.add_rule(eperm, "kill", seccomp.Arg(0, seccomp.MASKED_EQ, LOW_32, LOW_32))
+    return _export(filt)
+
+
+def _base_filter() -> Any:  # a pyseccomp.SyscallFilter (the library has no types)
     import pyseccomp as seccomp
 
     filt = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
@@ -156,7 +192,7 @@ def build_program() -> bytes:
     for bit in range(32):
         pair = (1 << bit) | (1 << ((bit + 1) % 32))
         filt.add_rule(eperm, "personality", seccomp.Arg(0, seccomp.MASKED_EQ, pair, 1 << bit))
-    return _export(filt)
+    return filt
 
 
 def _export(filt: object) -> bytes:
