@@ -123,6 +123,10 @@ class EgressProxy:
         self._handlers: set[asyncio.Task[None]] = set()
         self._unix_path: str | None = None
 
+    @property
+    def active_connections(self) -> int:
+        return len(self._handlers)
+
     # ------------------------------------------------------------------ lifecycle
     async def pin_index(self) -> None:
         """Resolve the index once: its non-public addresses are the only ones it may use."""
