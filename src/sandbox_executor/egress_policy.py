@@ -251,11 +251,12 @@ class EgressPolicy:
     # The index's addresses when the install started: the only non-public ones it may use.
     index_addresses: frozenset[IPAddress] = frozenset()
     learned: set[Target] = field(default_factory=set)
+    # The known file hosts of a public HTTPS index (its pages cannot be read: CONNECT).
+    builtin: frozenset[Target] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.builtin = frozenset(
-            Target("https", host, 443) for host in KNOWN_FILE_HOSTS.get(self.index.host, ())
-        )
+        hosts = KNOWN_FILE_HOSTS.get(self.index.host, ()) if self.index.scheme == "https" else ()
+        self.builtin = frozenset(Target("https", host, 443) for host in hosts)
 
     def learn(self, target: Target) -> bool:
         """Record a host the index linked to; True if it was new."""

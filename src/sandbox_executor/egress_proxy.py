@@ -320,7 +320,7 @@ class EgressProxy:
             try:
                 head = await asyncio.wait_for(up_reader.readuntil(b"\r\n\r\n"), self.limits.idle_timeout)
                 status_line, status, headers = parse_response_head(head, self.limits.max_headers)
-            except (asyncio.LimitOverrunError, BadMessage):
+            except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, BadMessage):
                 raise Refused(502, "bad_upstream", target, counted=False) from None
             page_url = f"{target}{path}"
             collector = None

@@ -210,6 +210,12 @@ async def test_by_default_the_sdist_is_refused_and_named(base: Path, pip_runtime
         manager, runner = manager_for(settings_for(base), base, pip_runtime_root)
         try:
             with pytest.raises(ApiError) as caught:
+                await manager.sync(SyncRequest(python_package_index_url=index.url, dependencies=["evil-pkg"]))
+            assert caught.value.status_code == 422
+            missing = runner.missing_wheel
+            assert missing is not None and (missing.name, missing.required_by) == ("evil-pkg", None)
+            # The same sdist as a dependency of a wheel.
+            with pytest.raises(ApiError) as caught:
                 await manager.sync(SyncRequest(python_package_index_url=index.url, dependencies=["alpha"]))
         finally:
             await manager.aclose()

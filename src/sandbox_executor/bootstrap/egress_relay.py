@@ -9,12 +9,12 @@ relay that copies bytes between each accepted connection and a new connection to
 The relay connects to nothing but SOCKET and parses nothing: it gives code in the sandbox
 no reach beyond what the proxy itself allows. The port is bound before pip starts, so
 pip's first connection waits in the backlog rather than failing. When COMMAND (the
-namespace's init) exits, the kernel kills the relay with everything else.
+namespace's init) exits, the kernel kills the relay with everything else (outside a PID
+namespace the relay notices its parent is gone within a second and exits).
 
 Standard library only: run by the sandbox's interpreter with ``-I -S``.
 """
 
-import ctypes
 import os
 import signal
 import socket
@@ -25,7 +25,8 @@ MAX_PAIRS = 64
 CHUNK = 65536
 # Longer than the proxy's idle timeout: the proxy decides; this only frees stuck slots.
 IDLE_SECONDS = 300.0
-PR_SET_PDEATHSIG = 1
+# How often the relay checks that pip (its parent) is still there.
+PARENT_CHECK_SECONDS = 1.0
 
 
 def _pump(src: socket.socket, dst: socket.socket) -> None:
@@ -63,13 +64,16 @@ def _serve_pair(client: socket.socket, path: str, slots: threading.BoundedSemaph
         slots.release()
 
 
-def _serve(listener: socket.socket, path: str) -> None:
+def _serve(listener: socket.socket, path: str, parent: int) -> None:
     slots = threading.BoundedSemaphore(MAX_PAIRS)
-    while True:
+    # In pip's PID namespace the kernel ends the relay with pip; elsewhere this does.
+    listener.settimeout(PARENT_CHECK_SECONDS)
+    while os.getppid() == parent:
         try:
             client, _ = listener.accept()
         except OSError:
             continue
+        client.settimeout(None)
         if not slots.acquire(blocking=False):
             client.close()
             continue
@@ -88,10 +92,7 @@ def main(argv: list[str]) -> int:
     parent = os.getpid()
     if os.fork() == 0:
         try:
-            # Outside a PID namespace nothing else would end the relay with pip.
-            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() == parent:
-                _serve(listener, path)
+            _serve(listener, path, parent)
         finally:
             os._exit(0)
     listener.close()
