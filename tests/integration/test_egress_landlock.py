@@ -14,7 +14,6 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -31,7 +30,6 @@ from tests.support.local_index import LocalIndex, sdist_bytes
 ABI = landlock_abi()
 pytestmark = pytest.mark.skipif(ABI < 4, reason=f"Landlock TCP rules need ABI >= 4 (this kernel: {ABI})")
 PYTHON = "/usr/bin/python3"
-IDS = {"user": 65534, "group": 65534} if os.geteuid() == 0 else {}
 
 # Every way out a process without a network namespace might try; each answer recorded.
 PROBE = r"""
@@ -83,22 +81,31 @@ print(json.dumps(out))
 
 
 def run_confined(
-    port: int, command: list[str], *, tcp_rules: bool = True, **kw: Any
+    port: int,
+    command: list[str],
+    *,
+    tcp_rules: bool = True,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
     program = pip_program(tcp_rules=tcp_rules)
     fd = os.memfd_create("seccomp")
     os.write(fd, program)
     os.lseek(fd, 0, os.SEEK_SET)
+    ids = (65534, 65534) if os.geteuid() == 0 else (None, None)
     try:
         return subprocess.run(
             wrapped(PYTHON, port, fd, command),
             pass_fds=[fd],
             capture_output=True,
             text=True,
-            timeout=kw.pop("timeout", 60),
+            timeout=timeout,
             check=False,
-            **IDS,
-            **kw,
+            user=ids[0],
+            group=ids[1],
+            env=env,
+            cwd=cwd,
         )
     finally:
         os.close(fd)
