@@ -52,3 +52,11 @@ def add_tcp_client_rules(filt: Any) -> None:
     for call, flags_index in SEND_CALLS:
         filt.add_rule(eperm, call, seccomp.Arg(flags_index, seccomp.MASKED_EQ, MSG_FASTOPEN, MSG_FASTOPEN))
     filt.add_rule(eperm, "listen")
+
+
+def pip_landlock_program() -> bytes:
+    """The whole filter for pip at the landlock level: that level's filter with AF_INET and
+    AF_INET6 allowed, narrowed by the rules above."""
+    from . import seccomp
+
+    return seccomp.build_landlock_program(allow_inet=True, extra_rules=add_tcp_client_rules)

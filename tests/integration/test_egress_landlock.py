@@ -23,7 +23,7 @@ from sandbox_executor.egress_policy import policy_for
 from sandbox_executor.egress_proxy import EgressProxy
 from sandbox_executor.egress_wiring import loopback_proxy_url
 from sandbox_executor.pip_options import pip_extra_args
-from tests.support.landlock_net import landlock_abi, pip_program, wrapped
+from tests.support.landlock_net import landlock_abi, memfd_with, policy, program, wrapped
 from tests.support.listeners import RecordingListener
 from tests.support.local_index import LocalIndex, sdist_bytes
 
@@ -81,7 +81,7 @@ print(json.dumps(out))
 
 
 def run_confined(
-    port: int,
+    spec: dict[str, object],
     command: list[str],
     *,
     tcp_rules: bool = True,
@@ -89,14 +89,11 @@ def run_confined(
     cwd: str | None = None,
     timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
-    program = pip_program(tcp_rules=tcp_rules)
-    fd = os.memfd_create("seccomp")
-    os.write(fd, program)
-    os.lseek(fd, 0, os.SEEK_SET)
+    fd = memfd_with(program(tcp_rules=tcp_rules))
     ids = (65534, 65534) if os.geteuid() == 0 else (None, None)
     try:
         return subprocess.run(
-            wrapped(PYTHON, port, fd, command),
+            wrapped(PYTHON, spec, fd, command),
             pass_fds=[fd],
             capture_output=True,
             text=True,
@@ -123,7 +120,8 @@ def udp_sink() -> Iterator[socket.socket]:
 def probe(tcp_rules: bool, udp_sink: socket.socket) -> tuple[dict[str, str], int, int]:
     with RecordingListener() as proxy, RecordingListener() as other:
         cfg = {"proxy": proxy.port, "other": other.port, "udp": udp_sink.getsockname()[1]}
-        done = run_confined(proxy.port, [PYTHON, "-I", "-c", PROBE, json.dumps(cfg)], tcp_rules=tcp_rules)
+        command = [PYTHON, "-I", "-c", PROBE, json.dumps(cfg)]
+        done = run_confined(policy(proxy.port), command, tcp_rules=tcp_rules)
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout), proxy.count(), other.count()
 
@@ -210,7 +208,13 @@ async def test_pip_at_the_landlock_level_reaches_only_the_proxy(base: Path, udp_
             extra = pip_extra_args(allow_sdist=True, proxy_url=loopback_proxy_url(port, token))
             at = argv.index("--")
             argv[at:at] = extra
-            done = await asyncio.to_thread(run_confined, port, argv, env=env, cwd=cwd, timeout=120)
+            # pip's package directory is argv[2]; it imports from that directory's parent.
+            spec = policy(
+                port,
+                read_only=[os.path.dirname(argv[2])],
+                read_write=[str(base / name) for name in ("target", "cache", "scratch")],
+            )
+            done = await asyncio.to_thread(run_confined, spec, argv, env=env, cwd=cwd, timeout=120)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert (other.count(), executor.count()) == (0, 0)
     check = subprocess.run(
