@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .egress_policy import parse_allowed_hosts
 
 MIB = 1024 * 1024
 
@@ -181,6 +183,24 @@ class Settings(BaseSettings):
     pip_cache_dir: Path | None = Field(
         default=None, description="pip's cache (default: beside SANDBOX_VENV_PATH)."
     )
+    dependency_allow_sdist: bool = Field(
+        default=False,
+        description="`false`: pip installs wheels only (`--only-binary :all:`), so no package code runs during a sync, and a requirement without a wheel fails with 422 naming it. `true`: pip may build source distributions (their build code runs in pip's sandbox, which reaches only the package index).",
+    )
+    dependency_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Comma-separated `host` or `host:port` entries pip may download from besides the index's host and the hosts its pages link to (e.g. the file host of a private HTTPS index). Built in for https://pypi.org: files.pythonhosted.org.",
+    )
+
+    @field_validator("dependency_allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: object) -> tuple[str, ...]:
+        entries = value.split(",") if isinstance(value, str) else value
+        if not isinstance(entries, list | tuple):
+            raise ValueError("expected a comma-separated list of hosts")
+        hosts = tuple(str(entry).strip() for entry in entries if str(entry).strip())
+        parse_allowed_hosts(hosts)  # refuse a bad entry at start-up, naming it
+        return hosts
 
     @field_validator("callback_prefix")
     @classmethod

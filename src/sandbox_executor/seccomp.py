@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from typing import Any
 
 # Refused with EPERM, whatever the arguments. Grouped as in docs/SECURITY.md.
@@ -134,12 +135,16 @@ def build_program() -> bytes:
     return _export(_base_filter())
 
 
-def build_landlock_program(allow_inet: bool = False) -> bytes:
+def build_landlock_program(
+    allow_inet: bool = False, extra_rules: Callable[[Any], None] | None = None
+) -> bytes:
     """The filter of the landlock level: the bwrap filter plus what namespaces gave there.
 
     Without a network namespace, ``socket()``/``socketpair()`` are limited to AF_UNIX
     (and AF_INET/AF_INET6 when ``allow_inet``: Landlock then bounds TCP to the allowed
-    ports, UDP stays open): no AF_NETLINK, AF_PACKET, AF_VSOCK... Without a pid namespace,
+    ports, UDP stays open unless ``extra_rules`` closes it, as the dependency installer's
+    ``egress_seccomp.add_tcp_client_rules`` does): no AF_NETLINK, AF_PACKET, AF_VSOCK...
+    ``extra_rules`` gets the filter before export. Without a pid namespace,
     ``kill(-1, sig)`` would signal every process of the uid, the daemon included: refused
     (Landlock ABI >= 6 also scopes signals; this holds on older kernels too). ``ptrace``
     and ``process_vm_readv``/``writev`` are refused by the base filter already.
@@ -157,6 +162,8 @@ def build_landlock_program(allow_inet: bool = False) -> bytes:
             for call in ("socket", "socketpair"):
                 filt.add_rule(eperm, call, seccomp.Arg(0, seccomp.MASKED_EQ, LOW_32, family))
     filt.add_rule(eperm, "kill", seccomp.Arg(0, seccomp.MASKED_EQ, LOW_32, LOW_32))
+    if extra_rules is not None:
+        extra_rules(filt)
     return _export(filt)
 
 

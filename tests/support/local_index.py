@@ -101,9 +101,14 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 """
 
 
-def sdist_bytes(name: str, version: str, module: str, build_code: str) -> tuple[str, bytes]:
+def sdist_bytes(
+    name: str, version: str, module: str, build_code: str, build_requires: Iterable[str] = ()
+) -> tuple[str, bytes]:
     """An sdist whose PEP 517 build runs ``build_code`` (a function body that fills the
-    dict ``FINDINGS``) and then produces a wheel whose ``module`` holds those findings."""
+    dict ``FINDINGS``) and then produces a wheel whose ``module`` holds those findings.
+    ``build_requires`` go into pyproject's ``[build-system] requires`` (pip installs them
+    into an isolated build environment first, from the index)."""
+    requires = ", ".join(f'"{req}"' for req in build_requires)
     dist = _dist_name(name)
     root = f"{dist}-{version}"
     backend = _BACKEND_TEMPLATE.format(
@@ -114,7 +119,7 @@ def sdist_bytes(name: str, version: str, module: str, build_code: str) -> tuple[
     )
     files = {
         f"{root}/pyproject.toml": (
-            '[build-system]\nrequires = []\nbuild-backend = "local_backend"\n'
+            f'[build-system]\nrequires = [{requires}]\nbuild-backend = "local_backend"\n'
             'backend-path = ["."]\n'
             f'[project]\nname = "{name}"\nversion = "{version}"\n'
         ),
@@ -139,15 +144,21 @@ class LocalIndex:
     blocks until it is set again (to hold an install in flight).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", link_base: str = "") -> None:
+        # link_base: prefix of the file links on project pages ("" = this server, relative).
+        self.link_base = link_base
         self.files: dict[str, bytes] = {}
         self.requests: list[str] = []
         self.gate = threading.Event()
         self.gate.set()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = ThreadingHTTPServer((host, 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
 
     @property
     def url(self) -> str:
@@ -202,7 +213,8 @@ class LocalIndex:
                     for filename in sorted(files):
                         digest = hashlib.sha256(index.files[filename]).hexdigest()
                         quoted = html.escape(filename)
-                        links += f'<a href="/files/{quoted}#sha256={digest}">{quoted}</a>\n'
+                        href = f"{index.link_base}/files/{quoted}#sha256={digest}"
+                        links += f'<a href="{href}">{quoted}</a>\n'
                     self._send(200, f"<html><body>\n{links}</body></html>".encode(), "text/html")
                 elif path.startswith("/files/"):
                     data = index.files.get(path[len("/files/") :])

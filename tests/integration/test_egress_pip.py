@@ -1,0 +1,239 @@
+"""The installer behind the egress proxy, end to end: real pip in a real bwrap sandbox with
+no network of its own, the relay, the proxy, a PEP 503 index on 127.0.0.1, and listeners
+that record whether anything reached them. Only loopback addresses are ever dialled."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox_executor.config import Settings
+from sandbox_executor.dependencies import DependencyManager, SyncRequest
+from sandbox_executor.engine import Engine
+from sandbox_executor.errors import ApiError
+from sandbox_executor.models import ExecuteRequest
+from tests.support.egress_pip import ProxiedPipRunner, socket_dir
+from tests.support.listeners import RecordingListener
+from tests.support.local_index import LocalIndex, sdist_bytes
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+
+# Runs inside pip's sandbox while the sdist is built. Every attempt is recorded in
+# FINDINGS, which ends up in the module the build produces.
+HOSTILE_BUILD = """
+import socket
+
+def direct(host, port):
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.settimeout(3)
+    try:
+        sock.connect((host, port))
+        return "connected"
+    except OSError as exc:
+        return type(exc).__name__
+    finally:
+        sock.close()
+
+def relay():
+    return socket.create_connection(("127.0.0.1", 3128), timeout=5)
+
+def unix():
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(5)
+    sock.connect("/run/egress-proxy.sock")
+    return sock
+
+def status(connect, line):
+    try:
+        sock = connect()
+    except OSError as exc:
+        return type(exc).__name__
+    try:
+        sock.sendall(line.encode() + b"\\r\\nHost: x\\r\\n\\r\\n")
+        data = b""
+        while b"\\r\\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data.split(b"\\r\\n", 1)[0].decode()
+    except OSError as exc:
+        return type(exc).__name__
+    finally:
+        sock.close()
+
+FINDINGS["direct"] = {h + ":" + str(p): direct(h, p) for h, p in TARGETS}
+FINDINGS["relay"] = {line: status(relay, line) for line in LINES}
+FINDINGS["unix"] = {line: status(unix, line) for line in LINES}
+FINDINGS["control"] = status(relay, "GET " + INDEX_URL + "/ HTTP/1.1")
+"""
+
+
+def hostile_build(index: LocalIndex, others: list[tuple[str, int]]) -> str:
+    index_port = index.port
+    targets = [("127.0.0.1", index_port), *others, ("::1", others[0][1])]
+    lines = []
+    for host, port in others:
+        lines += [f"CONNECT {host}:{port} HTTP/1.1", f"GET http://{host}:{port}/simple/ HTTP/1.1"]
+    port = others[0][1]
+    lines += [
+        f"GET http://2130706433:{port}/ HTTP/1.1",
+        f"GET http://0x7f.1:{port}/ HTTP/1.1",
+        f"CONNECT [::ffff:127.0.0.1]:{port} HTTP/1.1",
+        f"GET http://localhost.:{port}/ HTTP/1.1",
+        f"GET http://127.0.0.1:{index_port}@127.0.0.1:{port}/ HTTP/1.1",
+        f"CONNECT 127.0.0.1:{index_port} HTTP/1.1",  # the plain-HTTP index as a tunnel
+        f"POST {index.url}/ HTTP/1.1",
+    ]
+    head = f"TARGETS = {targets!r}\nLINES = {lines!r}\nINDEX_URL = {index.url!r}\n"
+    return head + HOSTILE_BUILD
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="egress-it-"))
+    path.chmod(0o755)
+    (path / "ws").mkdir()
+    (path / "results").mkdir()
+    if os.geteuid() == 0:
+        os.chown(path / "ws", 65534, 65534)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pip_runtime_root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="egress-pip-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def manager_for(
+    settings: Settings, base: Path, runtime_root: Path
+) -> tuple[DependencyManager, ProxiedPipRunner]:
+    manager = DependencyManager(settings)
+    runner = ProxiedPipRunner(settings, socket_dir(base))
+    runner.runtime_root = runtime_root
+    manager.pip = runner
+    return manager, runner
+
+
+def settings_for(base: Path, **overrides: Any) -> Settings:
+    return Settings(
+        workspace_path=str(base / "ws"),
+        sandbox_venv_path=base / "venv",
+        results_dir=base / "results",
+        dependency_install_timeout_seconds=120,
+        **overrides,
+    )
+
+
+async def run_python(settings: Settings, code: str) -> Any:
+    result = await Engine(settings).execute(
+        ExecuteRequest(execution_id="exec_" + secrets.token_hex(4), code=code, language="python")
+    )
+    assert result.status == "success", result.stderr
+    return result.return_value
+
+
+async def test_a_hostile_build_reaches_nothing_but_the_index_and_wheels_still_install(
+    base: Path, pip_runtime_root: Path
+) -> None:
+    with (
+        LocalIndex() as index,
+        LocalIndex(host="127.0.0.2") as second_index,
+        RecordingListener() as other,
+        RecordingListener() as executor,
+    ):
+        second_index.add_wheel("alpha", "9.9", {"alpha.py": "VALUE = 'wrong index'\n"})
+        others = [("127.0.0.1", other.port), ("127.0.0.1", executor.port), ("127.0.0.2", second_index.port)]
+        index.add_wheel("alpha", "1.0", {"alpha.py": "VALUE = 1\n"})
+        index.add_wheel("buildhelper", "1.0", {"buildhelper.py": "VALUE = 'helper'\n"})
+        index.add(*sdist_bytes("evil-pkg", "1.0", "evil_pkg", hostile_build(index, others)))
+        index.add(
+            *sdist_bytes(
+                "needs-helper",
+                "1.0",
+                "needs_helper",
+                "import buildhelper\nFINDINGS['helper'] = buildhelper.VALUE\n",
+                build_requires=["buildhelper"],
+            )
+        )
+        settings = settings_for(base, dependency_allow_sdist=True, executor_port=executor.port)
+        manager, runner = manager_for(settings, base, pip_runtime_root)
+        try:
+            body = await manager.sync(
+                SyncRequest(
+                    python_package_index_url=index.url, dependencies=["alpha", "evil-pkg", "needs-helper"]
+                )
+            )
+        finally:
+            await manager.aclose()
+        installed = {d["name"]: d["version"] for d in body["installed_dependencies"]}
+        assert installed == {"alpha": "1.0", "evil-pkg": "1.0", "needs-helper": "1.0"}
+        code = (
+            "import alpha, evil_pkg, needs_helper\n"
+            "def handler(event):\n"
+            "    return [alpha.VALUE, evil_pkg.FINDINGS, needs_helper.FINDINGS]\n"
+        )
+        alpha_value, findings, helper = await run_python(settings, code)
+        # Nothing the build step tried arrived anywhere.
+        assert (other.count(), executor.count(), second_index.request_count()) == (0, 0, 0)
+    assert alpha_value == 1
+    # pip's isolated build environment got the proxy too: its nested pip fetched the
+    # build requirement from the index.
+    assert helper == {"helper": "helper"}
+    assert set(findings["direct"].values()) <= {"ConnectionRefusedError", "OSError"}, findings["direct"]
+    for channel in ("relay", "unix"):
+        for line, answer in findings[channel].items():
+            assert answer.split(" ")[1:2] in (["403"], ["400"], ["405"]), (channel, line, answer)
+    # The same channel does reach the index: the refusals above are the proxy's.
+    assert findings["control"].startswith("HTTP/1.0 200"), findings["control"]
+    reasons = {reason for _, _, reason in runner.proxy.denied} if runner.proxy else set()
+    assert {"host_not_allowed", "bad_target", "method"} <= reasons
+
+
+async def test_by_default_the_sdist_is_refused_and_named(base: Path, pip_runtime_root: Path) -> None:
+    with LocalIndex() as index, RecordingListener() as other:
+        index.add_wheel("alpha", "1.0", {"alpha.py": "VALUE = 1\n"}, requires=["evil-pkg"])
+        index.add(
+            *sdist_bytes("evil-pkg", "1.0", "evil_pkg", hostile_build(index, [("127.0.0.1", other.port)]))
+        )
+        manager, runner = manager_for(settings_for(base), base, pip_runtime_root)
+        try:
+            with pytest.raises(ApiError) as caught:
+                await manager.sync(SyncRequest(python_package_index_url=index.url, dependencies=["evil-pkg"]))
+            assert caught.value.status_code == 422
+            missing = runner.missing_wheel
+            assert missing is not None and (missing.name, missing.required_by) == ("evil-pkg", None)
+            # The same sdist as a dependency of a wheel.
+            with pytest.raises(ApiError) as caught:
+                await manager.sync(SyncRequest(python_package_index_url=index.url, dependencies=["alpha"]))
+        finally:
+            await manager.aclose()
+        assert caught.value.status_code == 422
+        assert "No matching distribution found for evil-pkg" in str(caught.value.error_detail)
+        missing = runner.missing_wheel
+        assert missing is not None
+        assert (missing.name, missing.required_by, missing.source_only) == ("evil-pkg", "alpha", True)
+        error = missing.error()
+        assert "evil-pkg" in error.description and "DEPENDENCY_ALLOW_SDIST" in error.description
+        # pip never even downloaded the sdist, so none of its code ran.
+        assert not any(path.startswith("/files/evil_pkg") for path in index.requests)
+        assert other.count() == 0
+        # A project that does not exist is not blamed on wheels.
+        manager, runner = manager_for(settings_for(base), base, pip_runtime_root)
+        try:
+            with pytest.raises(ApiError):
+                await manager.sync(SyncRequest(python_package_index_url=index.url, dependencies=["nosuch"]))
+        finally:
+            await manager.aclose()
+        assert runner.missing_wheel is None
