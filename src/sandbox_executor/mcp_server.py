@@ -1,8 +1,9 @@
 """The executor as an MCP server (official ``mcp`` SDK): ``run_code`` and workspace files.
 
 One server definition, two transports: stdio with an embedded engine (``serve_stdio``, for
-desktop agents; no daemon) and Streamable HTTP inside the daemon's app (``mount_http``),
-where the daemon's bearer auth (EXECUTOR_API_TOKEN) guards it like every other route.
+desktop agents; no daemon) and Streamable HTTP inside the daemon's app (mcp_http.py, which
+loads this module on first use), where the daemon's bearer auth (EXECUTOR_API_TOKEN) guards
+it like every other route.
 The tools reach the sandbox only through an :class:`ExecutionBackend` and the workspace
 only through :class:`~.files.WorkspaceFiles` (no link followed, nothing outside).
 """
@@ -17,8 +18,8 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractAsyncContextManager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -256,22 +257,20 @@ class ServiceBackend:
 
 
 # ---------------------------------------------------------------------- transports
-def mount_http(
-    app: Starlette,
+def streamable_http_app(
     server: MCPServer,
     *,
     path: str = "/mcp",
     listen_host: str = "127.0.0.1",
     max_request_bytes: int = 16 * 1024 * 1024,
-) -> Callable[[], AbstractAsyncContextManager[None]]:
-    """Serve ``server`` over Streamable HTTP at ``path`` of ``app``.
+) -> Starlette:
+    """``server`` over Streamable HTTP, as an app with one route at ``path``.
 
-    Returns the session manager's ``run`` context, which must be entered for as long as
-    the app serves (the daemon's start-up stack). Stateless: every request stands alone,
-    so nothing accumulates per client. Host/Origin checks (DNS rebinding) are on when the
-    daemon listens on loopback; elsewhere the bearer token is the guard.
+    ``server.session_manager.run()`` must be entered for as long as it serves (mcp_http.py
+    does that). Stateless: every request stands alone, so nothing accumulates per client.
+    Host/Origin checks (DNS rebinding) are on when the daemon listens on loopback; on other
+    addresses the bearer token is the guard.
     """
-    security = None
     if listen_host in _LOOPBACK_HOSTS:
         security = TransportSecuritySettings(
             enable_dns_rebinding_protection=True,
@@ -280,14 +279,12 @@ def mount_http(
         )
     else:
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    sub = server.streamable_http_app(
+    return server.streamable_http_app(
         streamable_http_path=path,
         stateless_http=True,
         transport_security=security,
         max_request_body_size=max_request_bytes,
     )
-    app.router.routes.extend(sub.routes)
-    return server.session_manager.run
 
 
 async def serve_stdio(settings: Settings) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -24,7 +25,8 @@ from sandbox_executor.api import create_app
 from sandbox_executor.config import Settings
 from sandbox_executor.engine import Engine
 from sandbox_executor.files import WorkspaceFiles
-from sandbox_executor.mcp_server import ServiceBackend, build_server, mount_http
+from sandbox_executor.mcp_http import McpEndpoint
+from sandbox_executor.mcp_server import ServiceBackend
 from sandbox_executor.service import ExecutionService
 from tests.support.server import free_port
 
@@ -159,36 +161,34 @@ def leaves(exc: BaseException) -> list[BaseException]:
 
 
 @contextlib.asynccontextmanager
-async def daemon_with_mcp(settings: Settings) -> AsyncIterator[str]:
+async def daemon_with_mcp(settings: Settings) -> AsyncIterator[tuple[str, McpEndpoint]]:
     """The daemon's real app (auth middleware included) with /mcp, on uvicorn."""
     engine = Engine(settings)
     service = ExecutionService(settings, engine)
     await service.start()
     app = create_app(service)
-    server = build_server(
+    endpoint = McpEndpoint(
         ServiceBackend(service),
         WorkspaceFiles.from_settings(settings),
         default_timeout=settings.default_timeout_seconds,
+        listen_host="127.0.0.1",
     )
-    run_sessions = mount_http(app, server, listen_host="127.0.0.1")
+    app.router.routes.append(endpoint.route())
     port = free_port()
     web = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     )
 
-    async def serve() -> None:
-        async with run_sessions():
-            await web.serve()
-
-    task = asyncio.create_task(serve())
+    task = asyncio.create_task(web.serve())
     try:
         while not web.started:
             assert not task.done(), task
             await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", endpoint
     finally:
         web.should_exit = True
         await asyncio.wait_for(task, 15)
+        await asyncio.wait_for(endpoint.aclose(), 15)
         await service.abort_all()
         await engine.aclose()
 
@@ -197,7 +197,7 @@ async def test_streamable_http_in_the_daemon_behind_its_bearer_token(
     workspace: Path, make_settings: Callable[..., Settings]
 ) -> None:
     settings = make_settings(executor_api_token=TOKEN, default_timeout_seconds=30)
-    async with daemon_with_mcp(settings) as url:
+    async with daemon_with_mcp(settings) as (url, endpoint):
         # Without the token: the daemon's own 401, before MCP sees anything.
         async with httpx.AsyncClient() as plain:
             anonymous = await plain.post(
@@ -206,6 +206,7 @@ async def test_streamable_http_in_the_daemon_behind_its_bearer_token(
             assert anonymous.status_code == 401
             assert anonymous.json()["error_code"] == "Executor.Unauthorized"
             assert anonymous.headers["www-authenticate"] == "Bearer"
+        assert not endpoint.loaded, "the SDK loads on the first authorised request only"
         with pytest.raises(BaseException) as denied_info:
             async with Client(streamable_http_client(f"{url}/mcp"), read_timeout_seconds=10) as denied:
                 await denied.list_tools()
@@ -216,6 +217,7 @@ async def test_streamable_http_in_the_daemon_behind_its_bearer_token(
         )
         async with http, Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client:
             await exercise_every_tool(client, workspace)
+        assert endpoint.loaded
         # The MCP runs went through the daemon's queue: recorded like any execution.
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as authed:
             health = await authed.get(f"{url}/health")
@@ -223,7 +225,7 @@ async def test_streamable_http_in_the_daemon_behind_its_bearer_token(
 
 
 async def test_dns_rebinding_is_refused_on_a_loopback_daemon(make_settings: Callable[..., Settings]) -> None:
-    async with daemon_with_mcp(make_settings()) as url:
+    async with daemon_with_mcp(make_settings()) as (url, _):
         async with httpx.AsyncClient() as plain:
             rebound = await plain.post(
                 f"{url}/mcp",
@@ -231,3 +233,14 @@ async def test_dns_rebinding_is_refused_on_a_loopback_daemon(make_settings: Call
                 headers={"Host": "attacker.example", "Accept": "application/json, text/event-stream"},
             )
         assert rebound.status_code == 421, rebound.text
+
+
+def test_the_daemon_does_not_load_the_sdk_until_mcp_is_used() -> None:
+    probe = (
+        "import sys; import sandbox_executor.api, sandbox_executor.mcp_http; "
+        "print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
