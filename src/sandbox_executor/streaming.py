@@ -21,7 +21,7 @@ import codecs
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from .models import ExecutionResult
 
@@ -275,3 +275,13 @@ class EventLogs:
 
     def __len__(self) -> int:
         return len(self._logs)
+
+
+async def relay(log: EventLog, stdout: BinaryIO, stderr: BinaryIO) -> None:
+    """Copy the program's output to ``stdout``/``stderr`` as it arrives, until the result
+    (``sandbox-executor run --stream``; the caller prints the result itself)."""
+    async for event in log.follow():
+        if event is not None and event.kind in ("stdout", "stderr"):
+            target = stdout if event.kind == "stdout" else stderr
+            target.write(json.loads(event.data)["data"].encode("utf-8"))
+            target.flush()

@@ -4,6 +4,7 @@ retention, and a producer that never waits for subscribers."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from sandbox_executor.capture import BoundedCapture
 from sandbox_executor.models import ExecutionResult, Metrics, Status, TerminationReason
-from sandbox_executor.streaming import FLUSH_BYTES, FLUSH_INTERVAL_SECONDS, Event, EventLog, EventLogs
+from sandbox_executor.streaming import FLUSH_BYTES, FLUSH_INTERVAL_SECONDS, Event, EventLog, EventLogs, relay
 
 
 def _result(stdout: str = "", stderr: str = "", **extra: object) -> ExecutionResult:
@@ -274,3 +275,19 @@ def test_status_events_carry_the_status(status: str) -> None:
     log = EventLog("e", 10)
     log.status(status)  # type: ignore[arg-type]
     assert json.loads(log.events_after(0)[0].data) == {"status": status}
+
+
+async def test_relay_copies_output_live_until_the_result() -> None:
+    log = EventLog("e", 1 << 20)
+    out, err = io.BytesIO(), io.BytesIO()
+    task = asyncio.create_task(relay(log, out, err))
+    log.status("running")
+    log.write("stdout", "héllo ".encode())
+    log.write("stderr", b"oops\n")
+    await asyncio.sleep(FLUSH_INTERVAL_SECONDS * 1.5)
+    assert (out.getvalue(), err.getvalue()) == ("héllo ".encode(), b"oops\n")
+    assert not task.done()
+    log.write("stdout", b"world\n")
+    log.finish(_result("héllo world\n", "oops\n"))
+    await asyncio.wait_for(task, 1)
+    assert out.getvalue() == "héllo world\n".encode()
