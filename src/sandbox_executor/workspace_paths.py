@@ -134,24 +134,28 @@ class Beneath:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise self.refusal(exc, rootfd, parts, path) from None
+            raise self.refusal(exc, rootfd, parts, path, last_is_dir=bool(flags & os.O_DIRECTORY)) from None
 
-    def refusal(self, exc: OSError, rootfd: int, parts: tuple[str, ...], path: str) -> Exception:
+    def refusal(
+        self, exc: OSError, rootfd: int, parts: tuple[str, ...], path: str, *, last_is_dir: bool = True
+    ) -> Exception:
         """The domain error for a failed lookup (lstat only words it: it decides nothing)."""
         detail = {"path": path[:256]}
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
             found = self._first_non_directory(rootfd, parts)
             where = "/".join(parts[: found[0] + 1])[:256] if found else path[:256]
-            if found is not None and found[1] != "symlink" and exc.errno == errno.ENOTDIR:
-                return InvalidRequest(f"{where} is not a directory.", detail=detail)
-            if found is None and exc.errno == errno.ENOTDIR:
+            if found is not None and found[1] == "symlink":
                 return PathRefused(
-                    f"Path refused: {where} changed while it was looked up.",
-                    detail={**detail, "reason": "race"},
+                    f"Path refused: {where} is a symbolic link; links are never followed.",
+                    detail={**detail, "reason": "symlink"},
                 )
+            must_be_dirs = len(parts) if last_is_dir else len(parts) - 1
+            if found is not None and exc.errno == errno.ENOTDIR and found[0] < must_be_dirs:
+                return InvalidRequest(f"{where} is not a directory.", detail=detail)
+            # Whatever refused us is gone by now: something swapped a component meanwhile.
             return PathRefused(
-                f"Path refused: {where} is a symbolic link; links are never followed.",
-                detail={**detail, "reason": "symlink"},
+                f"Path refused: {path[:256]} changed while it was looked up.",
+                detail={**detail, "reason": "race"},
             )
         if exc.errno == errno.ENOENT:
             return NotFound(f"No such file or directory in the workspace: {path[:256]}.", detail=detail)

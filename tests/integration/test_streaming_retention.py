@@ -12,7 +12,9 @@ from sandbox_executor.service import ExecutionService
 from sandbox_executor.streaming import EventLogs
 
 
-async def test_logs_are_released_when_their_records_are_pruned(make_settings: Callable[..., Settings]) -> None:
+async def test_logs_are_released_when_their_records_are_pruned(
+    make_settings: Callable[..., Settings],
+) -> None:
     settings = make_settings(executions_retention_count=2)
     engine = Engine(settings)
     service = ExecutionService(settings, engine)
