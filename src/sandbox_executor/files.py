@@ -83,6 +83,10 @@ class OpenedFile:
             os.close(self.fd)
             self.fd = -1
 
+    def __del__(self) -> None:
+        # A response that never started (client gone first) never ran chunks()' finally.
+        self.close()
+
 
 class WorkspaceFiles:
     """Read, list and write files under ``root`` without following anything planted there."""

@@ -151,6 +151,17 @@ async def test_an_upload_interrupted_midway_leaves_nothing(files: WorkspaceFiles
     assert leftovers(ws) == []
 
 
+def test_an_opened_file_never_streamed_is_closed_when_dropped(ws: Path) -> None:
+    (ws / "f").write_bytes(b"x")
+    opened = WorkspaceFiles(ws, 10).open_file("f")
+    fd = opened.fd
+    assert os.fstat(fd)
+    del opened
+    with pytest.raises(OSError) as closed:
+        os.fstat(fd)
+    assert closed.value.errno == errno.EBADF
+
+
 async def test_a_download_is_at_most_the_size_announced(files: WorkspaceFiles, ws: Path) -> None:
     (ws / "growing.log").write_bytes(b"a" * 100)
     opened = files.open_file("growing.log")
