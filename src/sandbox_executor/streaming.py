@@ -250,8 +250,8 @@ class EventLog:
 class EventLogs:
     """The logs of the executions the service keeps; retention follows its records.
 
-    The service opens a log when it accepts an execution and, after pruning its records,
-    calls ``retain`` with the ids it kept: every other log is released.
+    The service opens a log when it accepts an execution and releases it where it deletes
+    the record (``discard``), or after pruning passes the ids it kept (``retain``).
     """
 
     def __init__(self, max_output_bytes: int) -> None:
@@ -269,9 +269,16 @@ class EventLogs:
     def get(self, execution_id: str) -> EventLog | None:
         return self._logs.get(execution_id)
 
+    def discard(self, execution_id: str) -> None:
+        """Release one log (where the service deletes the record: O(1))."""
+        log = self._logs.pop(execution_id, None)
+        if log is not None:
+            log.release()
+
     def retain(self, kept_ids: set[str] | dict[str, object]) -> None:
+        """Release every log whose id is not in ``kept_ids`` (after a prune: O(logs))."""
         for execution_id in [k for k in self._logs if k not in kept_ids]:
-            self._logs.pop(execution_id).release()
+            self.discard(execution_id)
 
     def __len__(self) -> int:
         return len(self._logs)

@@ -238,6 +238,14 @@ async def test_release_ends_subscribers_and_frees_the_events() -> None:
     assert log.last_id == 0
 
 
+async def test_discard_releases_one_log() -> None:
+    logs = EventLogs(max_output_bytes=1 << 20)
+    a, b = logs.open("a"), logs.open("b")
+    logs.discard("a")
+    logs.discard("never-opened")
+    assert a.released and not b.released and logs.get("a") is None and len(logs) == 1
+
+
 async def test_open_is_idempotent_for_a_replayed_execution_id() -> None:
     logs = EventLogs(max_output_bytes=1 << 20)
     assert logs.open("a") is logs.open("a")
