@@ -77,14 +77,15 @@ async def test_output_after_quiet_goes_out_at_once_and_a_burst_is_coalesced() ->
     # The first write after a quiet period is published at once; the 49 that follow
     # within the interval make one more event, published when the interval ends.
     assert [json.loads(e.data)["data"] for _, e in received] == ["0,", "".join(f"{n}," for n in range(1, 50))]
-    assert received[0][0] - written < 0.02
-    assert FLUSH_INTERVAL_SECONDS * 0.9 <= received[1][0] - written < FLUSH_INTERVAL_SECONDS + 0.05
+    # (upper bounds leave room for a loaded machine's scheduling)
+    assert received[0][0] - written < 0.05
+    assert FLUSH_INTERVAL_SECONDS * 0.9 <= received[1][0] - written < FLUSH_INTERVAL_SECONDS + 0.1
     # Quiet again: the next write goes out at once too.
     await asyncio.sleep(FLUSH_INTERVAL_SECONDS)
     again = time.monotonic()
     log.write("stdout", b"later")
     await asyncio.sleep(0.01)
-    assert len(received) == 3 and received[2][0] - again < 0.02
+    assert len(received) == 3 and received[2][0] - again < 0.05
     log.finish(_result("".join(f"{n}," for n in range(50)) + "later"))
     await asyncio.wait_for(task, 1)
     assert received[-1][1].kind == "result"
