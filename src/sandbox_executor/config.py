@@ -49,6 +49,16 @@ class Settings(BaseSettings):
         le=10_000,
         description="Accepted executions waiting for a slot; beyond it 503 Executor.QueueFull.",
     )
+    stream_keepalive_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="An idle live-output stream (text/event-stream) gets a `: ping` comment this often, so proxies keep it open.",
+    )
+    stream_stall_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A live-output client that takes nothing for this long is disconnected (it never slows the run meanwhile).",
+    )
     executions_retention_seconds: int = Field(
         default=3600, description="How long finished executions stay readable at GET /executions/{id}."
     )
@@ -165,6 +175,11 @@ class Settings(BaseSettings):
     cpu_time_limit_seconds: int | None = Field(
         default=None,
         description="CPU seconds per process (RLIMIT_CPU backstop); default 2 x MAX_TIMEOUT_SECONDS + 10.",
+    )
+    max_upload_bytes: int = Field(
+        default=100 * MIB,
+        ge=1,
+        description="Largest file accepted by PUT /files/{path} and the MCP write_file tool; the upload is refused and nothing is written beyond it.",
     )
     artifact_max_files: int = Field(
         default=20_000,

@@ -6,6 +6,8 @@ one in a single table (``STATUS_BY_ERROR``). The JSON body the control plane rea
 
     ExecutorError
     ├── InvalidRequest ............ Executor.ValidationError
+    │   ├── PathRefused ........... Executor.PathRefused
+    │   └── PayloadTooLarge ....... Executor.PayloadTooLarge
     ├── Unauthorized .............. Executor.Unauthorized
     ├── NotFound .................. Executor.NotFound
     ├── Conflict .................. Executor.Conflict
@@ -60,6 +62,23 @@ class InvalidRequest(ExecutorError):
 
     error_code = "Executor.ValidationError"
     default_solution = "Fix the request and retry."
+
+
+class PathRefused(InvalidRequest):
+    """A workspace path the file routes never serve: outside the workspace, through or onto
+    a symbolic link, or naming a FIFO, socket or device."""
+
+    error_code = "Executor.PathRefused"
+    default_solution = (
+        "Name a regular file or directory by its path relative to the workspace, "
+        "without '..' and without symbolic links."
+    )
+
+
+class PayloadTooLarge(InvalidRequest):
+    """An upload over its cap (MAX_UPLOAD_BYTES), or one the workspace has no room for."""
+
+    error_code = "Executor.PayloadTooLarge"
 
 
 class Unauthorized(ExecutorError):
