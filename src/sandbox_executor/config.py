@@ -171,7 +171,7 @@ class Settings(BaseSettings):
     max_workspace_write_mb: int = Field(
         default=1024,
         ge=1,
-        description="Most a run may add to the workspace (all its files together); beyond it the run is stopped with termination_reason disk_limit and its files stay. It can overshoot by write speed x check interval, see docs/OPERATIONS.md.",
+        description="Most a run may add to the workspace (net growth of all its files together); beyond it the run is stopped with termination_reason disk_limit and its files stay. Checked every 5-250 ms (sooner near the limit), so a run writing flat out overshoots by its write speed x about 5 ms, plus a confirming scan when the workspace shares its filesystem: 10-25 MiB measured on tmpfs.",
     )
     run_bounds_mechanism: Literal["auto", "cgroup_v2", "cgroup_v1", "watchdog"] = Field(
         default="auto",

@@ -109,6 +109,9 @@ class CgroupRun:
             if self._final is None and not self._cg.kill(KILL_TIMEOUT):
                 log.error("run_kill_incomplete", cgroup=str(self._cg.nodes[0].directory))
 
+    def pids(self) -> list[int]:
+        return fs.read_procs(self._cg.nodes[0].directory)
+
     def report(self) -> BoundsReport:
         with self._lock:
             return self._final if self._final is not None else self._read_report()

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import mountinfo
+
 
 @dataclass(frozen=True)
 class CgroupMount:
@@ -28,34 +30,14 @@ class CgroupMount:
     controllers: frozenset[str]
 
 
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal (\040 ...).
-    out, i = [], 0
-    while i < len(field):
-        code = field[i + 1 : i + 4]
-        if field[i] == "\\" and len(code) == 3 and code.isdigit():
-            out.append(chr(int(code, 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def parse_mountinfo(text: str) -> list[CgroupMount]:
     """The cgroup and cgroup2 mounts listed in a /proc/<pid>/mountinfo text."""
     mounts: list[CgroupMount] = []
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        fields, tail = left.split(), right.split()
-        if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
-            continue
-        version = 2 if tail[0] == "cgroup2" else 1
-        options = set(tail[2].split(","))
-        controllers = frozenset() if version == 2 else frozenset(options)
-        mounts.append(CgroupMount(_unescape(fields[4]), _unescape(fields[3]), version, controllers))
+    for m in mountinfo.parse(text):
+        if m.fstype == "cgroup2":
+            mounts.append(CgroupMount(m.mount_point, m.root, 2, frozenset()))
+        elif m.fstype == "cgroup":
+            mounts.append(CgroupMount(m.mount_point, m.root, 1, m.super_options))
     return mounts
 
 

@@ -78,6 +78,9 @@ class WatchdogRun:
     def kill(self) -> None:
         self.watchdog.kill(self)
 
+    def pids(self) -> list[int]:
+        return list(self.members)
+
     def report(self) -> BoundsReport:
         oom = max(0, global_oom_kills() - self.oom_base)
         return BoundsReport("watchdog", self.peak, "sampled", self.breached, oom, False)
