@@ -213,3 +213,14 @@ def test_prepare_v2_names_what_is_missing(tmp_path: Path) -> None:
         prepare_v2(Node(tmp_path / "svc", "/svc"))
     with pytest.raises(BoundsUnavailable):
         prepare_v2(Node(tmp_path / "absent", "/absent"))
+
+
+def test_only_our_own_dead_instances_are_swept() -> None:
+    me = fs.instance_name()
+    ns, pid, start = (int(x) for x in me[1:].split("-"))
+    assert not fs.owner_dead(me)
+    assert fs.owner_dead(f"d{ns}-{pid}-{start + 1}")  # same pid, another start: a dead daemon
+    assert fs.owner_dead(f"d{ns}-999999999-1")
+    assert not fs.owner_dead(f"d{ns + 1}-999999999-1")  # another pid namespace: not ours to judge
+    assert not fs.owner_dead("d123-456")  # not a name we make
+    assert not fs.owner_dead("lost+found")

@@ -3,11 +3,12 @@
 Layout, under each hierarchy's base directory (``<daemon's cgroup>/sandbox-executor`` or a
 configured v2 directory)::
 
-    base/d<pid>-<start>/r<n>      one directory per daemon instance, one per run
+    base/d<pid ns>-<pid>-<start>/r<n>     one directory per daemon instance, one per run
 
-The instance name is the daemon's pid and start time, so a daemon started after a crash
-(or a test daemon next to a real one) knows which directories belong to a dead owner: the
-start-up sweep kills and removes only those.
+The instance name is the daemon's pid namespace, pid and start time, so a daemon started
+after a crash (or a test daemon next to a real one) knows which directories belong to a
+dead owner: the start-up sweep kills and removes only those, and never touches another
+pid namespace's (whose pids it cannot check).
 
 The kernel enforces the limits; a probe on the shared poller reads the run's OOM count
 every ``poll_interval`` and, on the first OOM kill, kills the rest of the run so that
@@ -189,7 +190,7 @@ class CgroupProvider:
         removed = 0
         names = {p.name for base in self._bases for p in _subdirs(base.directory)}
         for instance in sorted(names):
-            if instance == self._instance or fs.owner_alive(instance):
+            if instance == self._instance or not fs.owner_dead(instance):
                 continue
             owners = tuple(base.child(instance) for base in self._bases)
             runs = {p.name for owner in owners for p in _subdirs(owner.directory)}
@@ -204,7 +205,8 @@ class CgroupProvider:
         return removed
 
     def close(self) -> None:
-        remove(self._instances, RMDIR_TIMEOUT)
+        # Runs still open keep their instance directory busy: no point waiting for them.
+        remove(self._instances, 0.1)
 
 
 def _subdirs(directory: Path) -> list[Path]:

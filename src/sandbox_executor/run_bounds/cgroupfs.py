@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterable, Set
@@ -188,17 +189,26 @@ def rmdir_retry(directory: Path, timeout: float) -> bool:
         pause = min(pause * 2, 0.05)
 
 
-def owner_alive(instance_name: str) -> bool:
-    """Whether the daemon named by an instance directory ``d<pid>-<start>`` still runs."""
-    try:
-        pid_text, start_text = instance_name[1:].split("-", 1)
-        pid, start = int(pid_text), int(start_text)
-    except ValueError:
-        return False
-    return process_start(pid) == start
+_INSTANCE = re.compile(r"d(\d+)-(\d+)-(\d+)")
+
+
+def _pid_namespace() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino
 
 
 def instance_name() -> str:
-    """This daemon's instance directory name: its pid and start time, unique on the host."""
+    """This daemon's instance directory name: ``d<pid namespace>-<pid>-<start time>``."""
     pid = os.getpid()
-    return f"d{pid}-{process_start(pid)}"
+    return f"d{_pid_namespace()}-{pid}-{process_start(pid)}"
+
+
+def owner_dead(name: str) -> bool:
+    """Whether ``name`` is an instance directory whose daemon is gone for sure.
+
+    Names not of our making, and daemons of another pid namespace (whose pids mean
+    nothing here: several containers may share a v1 hierarchy), are never judged dead.
+    """
+    match = _INSTANCE.fullmatch(name)
+    if match is None or int(match[1]) != _pid_namespace():
+        return False
+    return process_start(int(match[2])) != int(match[3])
