@@ -153,27 +153,42 @@ def test_peak_is_the_whole_runs(provider: BoundsProvider, children: list[int]) -
     assert run.report() == report  # still answered after close
 
 
-@pytest.mark.parametrize("namespaced", [False, True], ids=["bare", "pid-namespace"])
+# The landlock level's stand-in for a pid namespace's init: bootstrap/supervisor.py as the
+# run's root, a subreaper that adopts the run's orphans.
+SUPERVISED = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import supervisor
+supervisor.supervise(lambda: os.execv(sys.argv[2], sys.argv[2:]))
+"""
+BOOTSTRAP = str(Path(__file__).resolve().parents[2] / "src" / "sandbox_executor" / "bootstrap")
+
+
+@pytest.mark.parametrize("tree", ["bare", "pid-namespace", "supervised"])
 def test_kill_takes_setsid_and_reparented_processes(
-    provider: BoundsProvider, children: list[int], namespaced: bool
+    provider: BoundsProvider, children: list[int], tree: str
 ) -> None:
-    if namespaced and shutil.which("bwrap") is None:
+    if tree == "pid-namespace" and shutil.which("bwrap") is None:
         pytest.skip("bwrap is not installed")
-    if provider.mechanism == "watchdog" and not namespaced:
-        pytest.skip("the watchdog follows the process tree: outside a pid namespace a double fork leaves it")
+    if provider.mechanism == "watchdog" and tree == "bare":
+        pytest.skip("the watchdog follows the tree: with no init to adopt orphans, a double fork leaves it")
     marker = f"bounds-{uuid.uuid4().hex}"
     argv = jobs.python(jobs.DAEMONS, marker)
+    if tree == "pid-namespace":
+        argv = _in_pid_namespace(argv)
+    elif tree == "supervised":
+        argv = jobs.python(SUPERVISED, BOOTSTRAP, *argv)
     run = provider.create(Limits(LIMIT, 128))
-    pid = spawn(_in_pid_namespace(argv) if namespaced else argv, run.join_paths)
+    pid = spawn(argv, run.join_paths)
     children.append(pid)
     run.start(pid)
-    # The run and its three daemons (and in a namespace, bwrap and its init).
-    expected = 6 if namespaced else 4
+    # The run and its three daemons, and the init that adopts them (bwrap: two processes).
+    expected = {"bare": 4, "pid-namespace": 6, "supervised": 5}[tree]
     deadline = time.monotonic() + 10
     while len(_marked(marker)) < expected and time.monotonic() < deadline:
         time.sleep(0.02)
     assert len(_marked(marker)) == expected
-    time.sleep(0.2)  # let the watchdog see the tree before it is reparented (namespaced)
+    time.sleep(0.2)  # the watchdog's next tick sees the adopted daemons
 
     run.kill()
 

@@ -1,5 +1,5 @@
-"""Start a child the way the spawner helper does: fork, setsid, join the run's cgroups and
-raise oom_score_adj in the child, optionally drop to another uid, then exec."""
+"""Start a child the way the spawner helper does: fork, setsid, join the run's cgroups, raise
+oom_score_adj (bootstrap/confine's helper), optionally drop to another uid, then exec."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import signal
 import time
 from collections.abc import Sequence
 
-from sandbox_executor.bootstrap import run_join
+from sandbox_executor.bootstrap import confine, run_join
 
 
 def spawn(
@@ -26,7 +26,7 @@ def spawn(
             os.close(errr)
             os.setsid()
             run_join.join_cgroups(join_paths)
-            run_join.raise_oom_score()
+            confine.set_oom_score_adj(run_join.SANDBOX_OOM_SCORE_ADJ)
             if uid_gid is not None:
                 os.setgroups([])
                 os.setresgid(uid_gid[1], uid_gid[1], uid_gid[1])

@@ -1,15 +1,16 @@
 """What the forked sandbox child does before exec to fall under its run's bounds.
 
-Standard library only and no package imports: the spawner runs ``python3 -I -S`` and may
-paste this file's source into its own. Call order in the child, after ``setsid()`` and
-BEFORE dropping privileges (v1 cgroup files belong to root; a delegated v2 tree to the
-daemon's uid):
+Standard library only, nothing of ours imported: the spawner (``python3 -I -S``) loads it
+as plain ``run_join`` with this directory on ``sys.path``, as it does ``confine``. Order
+in the child, after ``setsid()``:
 
     join_cgroups(request["cgroup_procs"])   # run.join_paths; empty for the watchdog
-    raise_oom_score()                        # 1000: user code is the OOM killer's first pick
+    ...setgroups / setresgid / setresuid...  # v1 cgroup files are root's: join first
+    confine(Confinement(oom_score_adj=SANDBOX_OOM_SCORE_ADJ, ...))  # before Landlock,
+                                             # which would refuse the cgroup.procs write
 
-Everything the child then execs (bwrap, the interpreter, whatever user code forks)
-inherits both. The daemon and the spawner keep their own cgroup and oom_score_adj.
+Everything the child then execs (bwrap, a supervisor, the interpreter, whatever user code
+forks) inherits both the cgroups and the OOM score. The daemon and the spawner keep theirs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-OOM_SCORE_ADJ_MAX = 1000
+# The OOM killer's first pick under memory pressure is user code, never the daemon.
+SANDBOX_OOM_SCORE_ADJ = 1000
 
 
 def join_cgroups(procs_files: Iterable[str]) -> None:
@@ -32,12 +34,3 @@ def join_cgroups(procs_files: Iterable[str]) -> None:
             os.write(fd, b"0")  # "0" = the writing process
         finally:
             os.close(fd)
-
-
-def raise_oom_score(value: int = OOM_SCORE_ADJ_MAX) -> None:
-    """Set /proc/self/oom_score_adj (raising it needs no privilege; lowering would)."""
-    fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, str(value).encode())
-    finally:
-        os.close(fd)

@@ -4,9 +4,9 @@ Lifecycle of one run (cold or warm sandbox alike):
 
 1. ``provider.create(limits)`` BEFORE the sandbox is spawned, so a warm sandbox is born
    inside its run's bounds;
-2. in the forked child, before exec and before dropping privileges: write ``"0"`` to each
-   of ``run.join_paths`` (bootstrap/run_join.py ``join_cgroups``), and raise
-   ``oom_score_adj`` to 1000 (``raise_oom_score``);
+2. in the forked child, before dropping privileges and before Landlock: write ``"0"`` to
+   each of ``run.join_paths`` (bootstrap/run_join.py ``join_cgroups``); oom_score_adj
+   1000 comes from bootstrap/confine (``Confinement(oom_score_adj=SANDBOX_OOM_SCORE_ADJ)``);
 3. ``run.start(root_pid, on_breach)`` right after the spawn: from then on the run is
    watched; when the run exceeds its memory limit, ``on_breach`` is called at most once,
    from the poller thread, just BEFORE the whole run is killed (so the daemon knows the
