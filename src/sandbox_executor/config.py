@@ -168,6 +168,19 @@ class Settings(BaseSettings):
     tmpfs_size_mb: int = Field(
         default=256, ge=1, description="Size of each sandbox's private /tmp (and /dev/shm)."
     )
+    max_workspace_write_mb: int = Field(
+        default=1024,
+        ge=1,
+        description="Most a run may add to the workspace (net growth of all its files together); beyond it the run is stopped with termination_reason disk_limit and its files stay. Checked every 5-250 ms (sooner near the limit), so a run writing flat out overshoots by its write speed x about 5 ms, plus a confirming scan when the workspace shares its filesystem: 10-25 MiB measured on tmpfs.",
+    )
+    run_bounds_mechanism: Literal["auto", "cgroup_v2", "cgroup_v1", "watchdog"] = Field(
+        default="auto",
+        description="How memory and processes are bounded per run, all its processes together: `auto` takes the strongest the host allows (a writable cgroup v2 tree, then cgroup v1 as root, then a memory watchdog); naming one makes start-up fail if it cannot work.",
+    )
+    cgroup_v2_path: Path | None = Field(
+        default=None,
+        description="A delegated cgroup v2 directory (memory and pids controllers available) for the per-run cgroups; unset: the daemon's own cgroup when it is delegated.",
+    )
     max_file_size_mb: int = Field(
         default=1024, ge=1, description="Largest file a run may write (RLIMIT_FSIZE)."
     )
