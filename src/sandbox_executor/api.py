@@ -29,7 +29,7 @@ log = structlog.get_logger(__name__)
 class ErrorBody(BaseModel):
     error_code: str
     description: str
-    error_detail: Any = None
+    error_detail: Any = Field(default="", description='"" when there is none, never null')
     solution: str = ""
     request_id: str
 

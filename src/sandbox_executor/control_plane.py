@@ -676,7 +676,8 @@ class ControlPlaneReporter:
     def _identity(self) -> dict[str, Any]:
         return {
             "container_id": self.settings.container_identity,
-            "pod_name": self.settings.pod_name,
+            # A string, never null: without POD_NAME the hostname is the pod name.
+            "pod_name": self.settings.pod_name or self.settings.container_identity,
         }
 
     def announce_ready(self) -> None:

@@ -887,7 +887,8 @@ class DependencyManager:
         return {
             "status": "completed",
             "installed_dependencies": installed,
-            "error": None,
+            # A string, never null: null fails the control plane's response model (CONTRACT.md section 1).
+            "error": "",
             "started_at": started_at,
             "completed_at": now_iso(),
         }

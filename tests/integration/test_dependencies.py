@@ -151,7 +151,7 @@ async def test_replace_installs_and_next_execution_imports(
     manager: DependencyManager, settings: Settings, index: LocalIndex
 ) -> None:
     body = await manager.sync(req(index, ["beta"]))
-    assert body["status"] == "completed" and body["error"] is None
+    assert body["status"] == "completed" and body["error"] == ""
     assert versions(body) == {"alpha": "2.0", "beta": "1.0"}
     for dep in body["installed_dependencies"]:
         assert dep["install_location"] == "/opt/sandbox-venv"
