@@ -73,7 +73,7 @@ from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field
 
 from .config import MIB, Settings
-from .errors import ApiError, validation_error
+from .errors import ApiError, Busy, ShuttingDown, validation_error
 from .runtimes import SANDBOX_VENV_MOUNT
 from .sandbox import (
     Mount,
@@ -94,6 +94,8 @@ MAX_INDEX_URL_LENGTH = 2048
 OUTPUT_TAIL_BYTES = 64 * 1024
 ERROR_TAIL_CHARS = 4000
 LOCK_WAIT_SECONDS = 20.0
+# At shutdown, how long a killed pip gets to be reaped and its tree removed.
+STOP_WAIT_SECONDS = 0.5
 RETRY_AFTER_SECONDS = 10
 # A replaced tree is deleted once no execution that started before the switch can still run.
 RETIRE_MARGIN_SECONDS = 60
@@ -175,6 +177,7 @@ class PipOutcome:
     output_tail: str
     timed_out: bool
     duration: float
+    stopped: bool = False  # killed on request (shutdown), not for its own sake
 
 
 # ---------------------------------------------------------------------------- validation
@@ -740,8 +743,8 @@ class PipRunner:
         )
         return build_bwrap_argv(spec), spec.inherited_fds(), {}, None
 
-    async def run(self, job: PipJob) -> PipOutcome:
-        """Run pip for ``job`` to completion or timeout; never raises for pip's failures."""
+    async def run(self, job: PipJob, stop: asyncio.Event | None = None) -> PipOutcome:
+        """Run pip for ``job`` to completion, timeout or ``stop``; never raises for pip's failures."""
         started = time.monotonic()
         timeout = float(self.settings.dependency_install_timeout_seconds)
         # Both block (bwrap --help, libseccomp, compiling pip once): off the event loop.
@@ -785,16 +788,28 @@ class PipRunner:
                 tail.extend(chunk)
                 if len(tail) > OUTPUT_TAIL_BYTES:
                     del tail[: len(tail) - OUTPUT_TAIL_BYTES]
-            await child.exited
+            # Shielded: cancelling the pump must not cancel the spawner's future.
+            await asyncio.shield(child.exited)
 
+        pumping = asyncio.ensure_future(pump())
+        waiters: set[asyncio.Future[Any]] = {pumping}
+        if stop is not None:
+            waiters.add(asyncio.ensure_future(stop.wait()))
+        stopped = False
         try:
-            await asyncio.wait_for(pump(), timeout)
-        except TimeoutError:
-            timed_out = True
-            # bwrap's --die-with-parent takes the whole PID namespace down with it.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.pid, signal.SIGKILL)
+            done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if pumping in done:
+                pumping.result()  # the reader's own failure, if any
+            else:
+                stopped = bool(done)
+                timed_out = not stopped
+                # bwrap's --die-with-parent takes the whole PID namespace down with it.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.pid, signal.SIGKILL)
         finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
             returncode, _usage = await child.exited
             transport.close()
         return PipOutcome(
@@ -802,6 +817,7 @@ class PipRunner:
             output_tail=tail.decode("utf-8", "replace"),
             timed_out=timed_out,
             duration=time.monotonic() - started,
+            stopped=stopped,
         )
 
 
@@ -843,6 +859,11 @@ class DependencyManager:
         self._current: Manifest | None = None
         self._loaded = False
         self.last_pip_duration: float | None = None
+        # Shutdown: no new sync once closing; stop ends the running pip; idle = none runs.
+        self._closing = False
+        self._stop = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def _load(self) -> None:
         if not self._loaded:
@@ -852,6 +873,21 @@ class DependencyManager:
     async def aclose(self) -> None:
         """Stop pip's spawner helper."""
         await self.pip.spawner.aclose()
+
+    async def shutdown(self, grace: float) -> None:
+        """Refuse new syncs; give the running one ``grace`` seconds to finish, then kill its
+        pip: its tree is discarded, the previous set stays live and the request answers
+        503 ``Executor.ShuttingDown``. Returns once no sync runs (or ``STOP_WAIT_SECONDS``
+        after the kill)."""
+        self._closing = True
+        if self._idle.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), max(0.0, grace))
+            return
+        self._stop.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), STOP_WAIT_SECONDS)
 
     def installed(self) -> list[dict[str, Any]]:
         """The currently installed distributions (for logs and /health)."""
@@ -866,24 +902,41 @@ class DependencyManager:
         ``Executor.Busy`` when another sync holds the lock longer than ``lock_wait_seconds``.
         """
         started_at = now_iso()
+        began = time.monotonic()
         validate_runtime(request.language_runtime)
         index_url = validate_index_url(request.python_package_index_url)
         requested = normalize_requirements(request.dependencies, self.settings.dependency_max_entries)
+        if self._closing:
+            raise ShuttingDown("The executor is shutting down.")
         try:
             await asyncio.wait_for(self._lock.acquire(), self.lock_wait_seconds)
         except TimeoutError:
-            raise ApiError(
-                503,
-                "Executor.Busy",
+            raise Busy(
                 "Another dependency sync is in progress.",
-                None,
-                f"Retry in {RETRY_AFTER_SECONDS} seconds.",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                solution=f"Retry in {RETRY_AFTER_SECONDS} seconds.",
+                retry_after=RETRY_AFTER_SECONDS,
             ) from None
+        self._idle.clear()
         try:
+            if self._closing:  # began while this request waited for the lock
+                raise ShuttingDown("The executor is shutting down.")
             installed = await self._sync_locked(request, requested, index_url)
+        except _Stopped:
+            log.warning(
+                "dependency_sync_interrupted",
+                reason="shutdown",
+                session_id=request.session_id,
+                mode=request.sync_mode,
+                after_seconds=round(time.monotonic() - began, 3),
+                detail="pip killed and its tree discarded; the previous set stays installed",
+            )
+            raise ShuttingDown(
+                "The executor is shutting down: the dependency sync was interrupted.",
+                solution="The previous set stays installed; sync again on the next executor.",
+            ) from None
         finally:
             self._lock.release()
+            self._idle.set()
         return {
             "status": "completed",
             "installed_dependencies": installed,
@@ -953,13 +1006,17 @@ class DependencyManager:
 
     async def _install(self, new: Path, wanted: dict[str, str], index_url: str, logger: Any) -> Manifest:
         if wanted:
+            if self._stop.is_set():
+                raise _Stopped
             scratch = self.store.root / f"scratch-{new.name}"
             await asyncio.to_thread(self._make_scratch, scratch, new)
             try:
                 job = PipJob(list(wanted.values()), index_url, new, scratch, self.store.cache)
-                outcome = await self.pip.run(job)
+                outcome = await self.pip.run(job, self._stop)
             finally:
                 await asyncio.to_thread(remove_tree, scratch)
+            if outcome.stopped:
+                raise _Stopped
             self.last_pip_duration = outcome.duration
             if outcome.timed_out or outcome.returncode != 0:
                 logger.warning(
@@ -985,6 +1042,10 @@ class DependencyManager:
         if ids is not None:
             for path in (scratch, scratch / "tmp", target):
                 os.chown(path, *ids)
+
+
+class _Stopped(Exception):
+    """pip was killed because the executor is shutting down."""
 
 
 def _store_error(store: VenvStore, exc: OSError) -> ApiError:

@@ -137,6 +137,27 @@ def sdist_bytes(
     return f"{root}.tar.gz", buf.getvalue()
 
 
+def held_build_code(index_url: str, tag: str) -> str:
+    """Build code (for :func:`sdist_bytes`) that reports its start to the index, then waits
+    until the index serves the release file of ``tag`` (:meth:`LocalIndex.release`): an
+    install that is in flight for as long as a test wants, reached over pip's own network."""
+    root = index_url.rsplit("/simple", 1)[0]
+    return f"""
+import time, urllib.error, urllib.request
+try:
+    urllib.request.urlopen({root!r} + "/files/started-{tag}", timeout=5)
+except OSError:
+    pass
+while True:
+    try:
+        urllib.request.urlopen({root!r} + "/files/release-{tag}", timeout=5)
+        break
+    except OSError:
+        time.sleep(0.05)
+FINDINGS["released"] = True
+"""
+
+
 class LocalIndex:
     """Serves ``/simple/`` (PEP 503) and ``/files/<name>`` on 127.0.0.1 from a thread.
 
@@ -173,6 +194,15 @@ class LocalIndex:
         filename, data = wheel_bytes(name, version, files, requires)
         self.add(filename, data)
         return filename
+
+    def started(self, tag: str) -> bool:
+        """Whether a build of :func:`held_build_code` with ``tag`` has begun."""
+        with self._lock:
+            return f"/files/started-{tag}" in self.requests
+
+    def release(self, tag: str) -> None:
+        """Let the builds of :func:`held_build_code` with ``tag`` finish."""
+        self.add(f"release-{tag}", b"go")
 
     def request_count(self) -> int:
         with self._lock:
