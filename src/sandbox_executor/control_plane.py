@@ -133,14 +133,16 @@ def result_body(result: ExecutionResult) -> dict[str, Any]:
     """The result callback body: ``callback_body()`` made strictly JSON-safe.
 
     Required numbers that were non-finite become 0.0 rather than null, which the control
-    plane would reject with 422 and so lose the result.
+    plane would reject with 422 and so lose the result. Optional metrics without a value
+    are left out rather than sent as null (docs/CONTRACT.md section 2 types them as numbers).
     """
     body: dict[str, Any] = sanitize_json(result.callback_body())
     if body.get("execution_time") is None:
         body["execution_time"] = 0.0
     metrics = body.get("metrics")
-    if isinstance(metrics, dict) and metrics.get("duration_ms") is None:
-        metrics["duration_ms"] = 0.0
+    if isinstance(metrics, dict):
+        body["metrics"] = {k: v for k, v in metrics.items() if v is not None}
+        body["metrics"].setdefault("duration_ms", 0.0)
     return body
 
 

@@ -1,10 +1,10 @@
-"""Every body the control plane reads, validated with models written from docs/CONTRACT.md.
+"""Every body the control plane reads, validated with the strict models of
+tests/support/contract_models.py (written from docs/CONTRACT.md).
 
-The models are strict: a field the contract types as a string rejects null (the control
-plane's own response models fail on it, docs/CONTRACT.md section 1). They are fed what the
-real daemon answers over HTTP and what it really POSTs to a fake control plane on loopback,
-in every case we can produce: replace, merge, no-op and empty syncs, their 400/422 answers,
-accepted/replayed/refused executions and their results, heartbeats, ready and exited.
+They are fed what the real daemon answers over HTTP and what it really POSTs to a fake
+control plane on loopback, in every case we can produce: replace, merge, no-op and empty
+syncs, their 400/422 answers, accepted/replayed/refused executions and their results,
+heartbeats, ready and exited.
 """
 
 from __future__ import annotations
@@ -14,18 +14,25 @@ import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import httpx
 import pytest
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from sandbox_executor.api import create_app
 from sandbox_executor.config import Settings
 from sandbox_executor.engine import Engine
 from sandbox_executor.service import ExecutionService
+from tests.support.contract_models import (
+    ErrorAnswer,
+    ExecuteAnswer,
+    ExitedBody,
+    HeartbeatBody,
+    ReadyBody,
+    ResultBody,
+    SyncAnswer,
+)
 from tests.support.fake_control_plane import FakeControlPlane
 from tests.support.local_index import LocalIndex
 from tests.support.server import RunningServer, start_server, stop_server
@@ -33,93 +40,6 @@ from tests.support.server import RunningServer, start_server, stop_server
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
 
 HOST = "session-shapes-5c1d"
-
-
-def _iso8601(value: str) -> str:
-    parsed = datetime.fromisoformat(value)
-    assert parsed.tzinfo is not None, f"{value} has no UTC offset"
-    return value
-
-
-Iso8601 = Annotated[str, AfterValidator(_iso8601)]
-
-
-class Contract(BaseModel):
-    # strict: no coercion, so a str field rejects null and numbers; extras are allowed
-    # because the control plane ignores them.
-    model_config = ConfigDict(strict=True, extra="allow")
-
-
-# ---------------------------------------------------------------- section 1: our answers
-class ExecuteAnswer(Contract):
-    execution_id: str
-    status: str
-    message: str
-
-
-class ErrorAnswer(Contract):
-    # The control plane only needs JSON here; our documented shape, with no nulls.
-    error_code: str
-    description: str
-    error_detail: str | list[Any] | dict[str, Any]
-    solution: str
-    request_id: str
-
-
-class InstalledDependency(Contract):
-    name: str
-    version: str
-    install_location: str
-    install_time: Iso8601
-    is_from_template: bool
-
-
-class SyncAnswer(Contract):
-    status: str
-    installed_dependencies: list[InstalledDependency]
-    error: str
-    started_at: Iso8601
-    completed_at: Iso8601
-
-
-# ---------------------------------------------------------------- section 2: callbacks
-class ResultMetrics(Contract):
-    duration_ms: float
-    cpu_time_ms: float | None = None
-    peak_memory_mb: float | None = None
-    io_read_bytes: int | None = None
-    io_write_bytes: int | None = None
-
-
-class ResultBody(Contract):
-    status: Literal["success", "failed", "timeout", "crashed"]
-    stdout: str
-    stderr: str
-    exit_code: int
-    execution_time: float
-    return_value: Any = None
-    metrics: ResultMetrics | None = None
-    artifacts: list[str]
-
-
-class HeartbeatBody(Contract):
-    timestamp: Iso8601
-    progress: dict[str, Any]
-
-
-class ReadyBody(Contract):
-    container_id: str = Field(min_length=1)
-    pod_name: str = ""
-    executor_port: int
-    ready_at: Iso8601
-
-
-class ExitedBody(Contract):
-    container_id: str = Field(min_length=1)
-    pod_name: str
-    exit_code: int
-    exit_reason: str
-    exited_at: Iso8601
 
 
 # ---------------------------------------------------------------- the real daemon
