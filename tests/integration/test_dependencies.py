@@ -18,8 +18,9 @@ import pytest
 
 from sandbox_executor.config import Settings
 from sandbox_executor.dependencies import DependencyManager, SyncRequest
+from sandbox_executor.dependencies.pip_sandbox import PipRunner
 from sandbox_executor.engine import Engine
-from sandbox_executor.errors import ApiError, Busy, ShuttingDown
+from sandbox_executor.errors import Busy, InstallFailed, ShuttingDown
 from sandbox_executor.models import ExecuteRequest, ExecutionResult
 from tests.support.local_index import LocalIndex, held_build_code, sdist_bytes
 
@@ -85,9 +86,7 @@ def pip_runtime_root() -> Iterator[Path]:
 
 
 def new_manager(settings: Settings, pip_runtime_root: Path) -> DependencyManager:
-    manager = DependencyManager(settings)
-    manager.pip.runtime_root = pip_runtime_root
-    return manager
+    return DependencyManager(settings, pip=PipRunner(settings, runtime_root=pip_runtime_root))
 
 
 @pytest.fixture
@@ -211,12 +210,11 @@ async def test_missing_package_is_422_and_previous_set_stays(
     await manager.sync(req(index, ["alpha==1.0"]))
     live = os.path.realpath(settings.sandbox_venv_path)
     before = manager.installed()
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(InstallFailed) as info:
         await manager.sync(req(index, ["alpha==1.0", "no-such-project"]))
     err = info.value
-    assert err.status_code == 422
     assert err.error_code == "Executor.DependencyInstallFailed"
-    assert "no-such-project" in err.error_detail
+    assert "no-such-project" in err.detail
     assert os.path.realpath(settings.sandbox_venv_path) == live
     assert manager.installed() == before
     # The failed tree is gone; only the live one (and its manifest) remain.
@@ -226,9 +224,8 @@ async def test_missing_package_is_422_and_previous_set_stays(
     result = await run_python(settings, code)
     assert result.return_value == 1, result.stderr
     # A version that does not exist fails the same way.
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(InstallFailed):
         await manager.sync(req(index, ["alpha==9.9"]))
-    assert info.value.status_code == 422
 
 
 async def test_unchanged_resync_runs_no_pip(
@@ -299,12 +296,11 @@ async def test_install_timeout_is_422_and_leaves_nothing_running(
     index.gate.clear()
     try:
         started = time.monotonic()
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(InstallFailed) as info:
             await manager.sync(req(index, ["gamma"]))
         elapsed = time.monotonic() - started
     finally:
         index.gate.set()
-    assert info.value.status_code == 422
     assert "timed out" in info.value.description
     assert elapsed < 10
     # Neither bwrap (host paths in its argv) nor pip inside it (the index URL) survived.

@@ -8,6 +8,7 @@ build requirements (so pip's isolated build env installs nothing from the index)
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import html
 import io
@@ -256,11 +257,13 @@ class LocalIndex:
                     self._send(404, b"not found", "text/plain")
 
             def _send(self, code: int, body: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                # pip may be killed mid-request (timeouts, shutdown tests): not an error here.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.send_response(code)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
 
         return Handler
 
