@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, metrics
+from .dependencies import SyncRequest
 from .errors import (
     ApiError,
     Conflict,
@@ -379,19 +380,7 @@ def create_app(service: ExecutionService) -> FastAPI:
 
 
 def _add_dependency_route(app: FastAPI, service: ExecutionService) -> None:
-    try:
-        from .dependencies import SyncRequest
-    except ImportError:  # pragma: no cover - only while the module is being written
-        return
-
-    async def sync_dependencies(body: Any) -> Any:
-        if service.dependencies is None:
-            raise ApiError(503, "Executor.Unavailable", "Dependency management is not configured.")
-        return await service.dependencies.sync(body)
-
-    # The model is imported here, so the postponed annotation must be the class itself.
-    sync_dependencies.__annotations__["body"] = SyncRequest
-    app.post(
+    @app.post(
         "/internal/session-config/sync",
         responses={
             **_ERRORS,
@@ -399,4 +388,8 @@ def _add_dependency_route(app: FastAPI, service: ExecutionService) -> None:
             503: {"model": ErrorBody, "description": "Another sync is running, or shutting down"},
         },
         summary="Install the session's Python dependencies",
-    )(sync_dependencies)
+    )
+    async def sync_dependencies(body: SyncRequest) -> Any:
+        if service.dependencies is None:
+            raise Unavailable("Dependency management is not configured.", retry_after=None)
+        return await service.dependencies.sync(body)
