@@ -1,4 +1,4 @@
-"""SIGTERM while the real daemon runs a dependency sync whose pip install cannot finish.
+"""SIGTERM or SIGINT while the real daemon runs a dependency sync whose pip install cannot finish.
 
 The install is an sdist whose build waits for a file the loopback index never serves, so
 pip is in flight when the signal arrives. The in-flight sync must answer 503
@@ -30,17 +30,26 @@ from tests.support.server import RunningServer, start_server, stop_server
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
 
-TAG = secrets.token_hex(6)
+UNPRIVILEGED = (4242, 4242)
 IMPORT_ALPHA = "import alpha\ndef handler(event):\n    return alpha.VALUE\n"
 # Lines that would mean a request was cancelled rather than answered.
 TRACE_MARKERS = ("Traceback", "Exception in ASGI application", "CancelledError")
 
 
-@pytest.fixture(scope="module")
+def _cases() -> list[Any]:
+    cases: list[Any] = [
+        pytest.param(None, signal.SIGTERM, 143, id="sigterm-root-daemon"),
+        pytest.param(None, signal.SIGINT, 130, id="sigint-root-daemon"),
+    ]
+    if os.geteuid() == 0 and shutil.which("setpriv"):
+        cases.append(pytest.param(UNPRIVILEGED, signal.SIGTERM, 143, id="sigterm-unprivileged-daemon"))
+    return cases
+
+
+@pytest.fixture
 def index() -> Iterator[LocalIndex]:
     with LocalIndex() as idx:
         idx.add_wheel("alpha", "1.0", {"alpha.py": "VALUE = 42\n"})
-        idx.add(*sdist_bytes("held", "1.0", "held", held_build_code(idx.url, TAG)))
         yield idx
 
 
@@ -76,9 +85,14 @@ def wait_until(predicate: Any, what: str, timeout: float = 60) -> None:
         time.sleep(0.01)
 
 
-def test_sigterm_during_a_sync_answers_503_and_keeps_the_previous_set(index: LocalIndex, base: Path) -> None:
+@pytest.mark.parametrize(("run_as", "signum", "exit_status"), _cases())
+def test_a_signal_during_a_sync_answers_503_and_keeps_the_previous_set(
+    index: LocalIndex, base: Path, run_as: tuple[int, int] | None, signum: int, exit_status: int
+) -> None:
+    tag = secrets.token_hex(6)
+    index.add(*sdist_bytes("held", "1.0", "held", held_build_code(index.url, tag)))
     env = {"WARM_POOL_SIZE": "0", "DEPENDENCY_INSTALL_TIMEOUT_SECONDS": "120"}
-    server = start_server(env, base_dir=base)
+    server = start_server(env, base_dir=base, run_as=run_as)
     try:
         first = sync(server.url, index, ["alpha==1.0"], "replace")
         assert first.status_code == 200, first.text
@@ -94,9 +108,9 @@ def test_sigterm_during_a_sync_answers_503_and_keeps_the_previous_set(index: Loc
 
         thread = threading.Thread(target=in_flight)
         thread.start()
-        wait_until(lambda: index.started(TAG), "the held build")
+        wait_until(lambda: index.started(tag), "the held build")
         signalled = time.monotonic()
-        server.signal(signal.SIGTERM)
+        server.signal(signum)
         wait_until(lambda: any("shutdown_started" in line for line in server.log_lines()), "shutdown")
         late = sync(server.url, index, ["alpha==1.0"], "replace")
         thread.join(30)
@@ -108,7 +122,7 @@ def test_sigterm_during_a_sync_answers_503_and_keeps_the_previous_set(index: Loc
     response = answer["response"]
     answered_after = answer["at"] - signalled
     print(
-        f"\nin-flight sync answered {response.status_code} {answered_after:.3f} s after SIGTERM; "
+        f"\nin-flight sync answered {response.status_code} {answered_after:.3f} s after the signal; "
         f"daemon exited after {exited - signalled:.3f} s"
     )
     for refused in (response, late):
@@ -116,7 +130,7 @@ def test_sigterm_during_a_sync_answers_503_and_keeps_the_previous_set(index: Loc
         assert refused.json()["error_code"] == "Executor.ShuttingDown"
         assert int(refused.headers["Retry-After"]) > 0
     assert answered_after < 2.0
-    assert code == 143
+    assert code == exit_status
     # One clean line for the interruption, and nothing that looks like a cancelled request.
     lines = server.log_lines()
     interrupted = [line for line in lines if "dependency_sync_interrupted" in line]
@@ -134,7 +148,7 @@ def test_sigterm_during_a_sync_answers_503_and_keeps_the_previous_set(index: Loc
     ]
 
     # A new daemon on the same directories imports the previous set.
-    again = start_server(env, base_dir=base)
+    again = start_server(env, base_dir=base, run_as=run_as)
     try:
         assert run(again, IMPORT_ALPHA)["return_value"] == 42
     finally:
