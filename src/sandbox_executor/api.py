@@ -18,7 +18,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, metrics
-from .errors import ApiError, validation_error
+from .dependencies import SyncRequest
+from .errors import (
+    ApiError,
+    Conflict,
+    ExecutorError,
+    InstallFailed,
+    InternalError,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+    validation_error,
+)
 from .models import EXECUTION_ID_RE, ExecuteRequest, ExecutionResult
 from .service import ExecutionService
 
@@ -29,7 +41,7 @@ log = structlog.get_logger(__name__)
 class ErrorBody(BaseModel):
     error_code: str
     description: str
-    error_detail: Any = None
+    error_detail: Any = Field(default="", description='"" when there is none, never null')
     solution: str = ""
     request_id: str
 
@@ -189,6 +201,37 @@ def _request_id(scope: Scope) -> str:
     return str(rid)
 
 
+# The one place where a domain error becomes an HTTP status; the most specific class wins.
+STATUS_BY_ERROR: dict[type[ExecutorError], int] = {
+    InvalidRequest: 400,
+    Unauthorized: 401,
+    NotFound: 404,
+    Conflict: 409,
+    InstallFailed: 422,
+    InternalError: 500,
+    Unavailable: 503,
+    ExecutorError: 500,
+}
+
+
+def status_for(error: ExecutorError) -> int:
+    """The HTTP status of ``error``: the entry of its nearest class in STATUS_BY_ERROR."""
+    for cls in type(error).__mro__:
+        status = STATUS_BY_ERROR.get(cls)
+        if status is not None:
+            return status
+    return 500
+
+
+def error_headers(error: ExecutorError) -> dict[str, str]:
+    headers = {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    return headers
+
+
 def _error_response(request: Request, error: ApiError) -> JSONResponse:
     return JSONResponse(
         error.body(_request_id(request.scope)), status_code=error.status_code, headers=error.headers
@@ -210,6 +253,12 @@ def create_app(service: ExecutionService) -> FastAPI:
 
     app.add_middleware(RequestContextMiddleware, token=settings.executor_api_token)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+
+    @app.exception_handler(ExecutorError)
+    async def executor_error(request: Request, exc: ExecutorError) -> JSONResponse:
+        return JSONResponse(
+            exc.body(_request_id(request.scope)), status_code=status_for(exc), headers=error_headers(exc)
+        )
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -331,24 +380,16 @@ def create_app(service: ExecutionService) -> FastAPI:
 
 
 def _add_dependency_route(app: FastAPI, service: ExecutionService) -> None:
-    try:
-        from .dependencies import SyncRequest
-    except ImportError:  # pragma: no cover - only while the module is being written
-        return
-
-    async def sync_dependencies(body: Any) -> Any:
-        if service.dependencies is None:
-            raise ApiError(503, "Executor.Unavailable", "Dependency management is not configured.")
-        return await service.dependencies.sync(body)
-
-    # The model is imported here, so the postponed annotation must be the class itself.
-    sync_dependencies.__annotations__["body"] = SyncRequest
-    app.post(
+    @app.post(
         "/internal/session-config/sync",
         responses={
             **_ERRORS,
             422: {"model": ErrorBody, "description": "The install failed; previous set kept"},
-            503: {"model": ErrorBody, "description": "Another sync is running"},
+            503: {"model": ErrorBody, "description": "Another sync is running, or shutting down"},
         },
         summary="Install the session's Python dependencies",
-    )(sync_dependencies)
+    )
+    async def sync_dependencies(body: SyncRequest) -> Any:
+        if service.dependencies is None:
+            raise Unavailable("Dependency management is not configured.", retry_after=None)
+        return await service.dependencies.sync(body)

@@ -9,9 +9,13 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydantic import ValidationError
 
 from .checks import run_checks
 from .config import Settings
+from .errors import InvalidRequest
 
 
 def _settings(**overrides: object) -> Settings:
@@ -25,16 +29,72 @@ def _logs_to_stderr() -> None:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
 
 
+def read_event(spec: str | None, *, code_from_stdin: bool, limit: int, stdin: BinaryIO) -> Any:
+    """The parsed ``--event``: inline JSON, ``@FILE``, or ``-`` / ``@-`` for standard input
+    (curl's convention; one argument is capped at 128 KiB by the kernel, events are not).
+
+    Raises InvalidRequest with a message for the operator; what the JSON holds is checked
+    by ExecuteRequest, as in the API.
+    """
+    if not spec:
+        return None
+    if spec in ("-", "@-"):
+        if code_from_stdin:
+            raise InvalidRequest(
+                "--event - reads the event from standard input, which already carries the code; "
+                "pass the code as a file, or the event as @FILE"
+            )
+        source, raw = "standard input", stdin.read(limit + 1)
+    elif spec.startswith("@"):
+        source = spec[1:]
+        try:
+            with open(source, "rb") as fh:
+                raw = fh.read(limit + 1)
+        except OSError as exc:
+            raise InvalidRequest(f"cannot read the event file {source}: {exc.strerror or exc}") from None
+    else:
+        source, raw = "--event", spec.encode("utf-8", "surrogateescape")
+    if len(raw) > limit:
+        raise InvalidRequest(f"the event from {source} exceeds {limit} bytes, the API's request limit")
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise InvalidRequest(f"the event from {source} is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise InvalidRequest(f"the event from {source} is not valid JSON: {exc}") from None
+
+
+def _invalid(exc: ValidationError) -> InvalidRequest:
+    # pydantic's own text repeats the input (maybe a megabyte of event): location and reason only.
+    reasons = [f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()]
+    return InvalidRequest("invalid request: " + "; ".join(reasons[:5]))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .models import ExecuteRequest
 
     _logs_to_stderr()
-    code = Path(args.file).read_text(encoding="utf-8") if args.file != "-" else sys.stdin.read()
-    event = json.loads(args.event) if args.event else None
+    base = Settings()
+    code_from_stdin = args.file == "-"
+    event = read_event(
+        args.event, code_from_stdin=code_from_stdin, limit=base.max_request_bytes, stdin=sys.stdin.buffer
+    )
+    code = sys.stdin.read() if code_from_stdin else Path(args.file).read_text(encoding="utf-8")
+    try:
+        request = ExecuteRequest(
+            execution_id=args.execution_id,
+            code=code,
+            language=args.language,
+            timeout=args.timeout if args.timeout is not None else base.default_timeout_seconds,
+            event=event,
+            stdin=args.stdin,
+            env_vars=dict(kv.split("=", 1) for kv in args.env or []),
+        )
+    except ValidationError as exc:
+        raise _invalid(exc) from None
     workspace = os.path.abspath(args.workspace) if args.workspace else None
     temp: tempfile.TemporaryDirectory[str] | None = None
-    base = Settings()
     if workspace is None:
         temp = tempfile.TemporaryDirectory(prefix="sandbox-ws-")
         workspace = temp.name
@@ -43,15 +103,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             os.chown(workspace, uid, gid)
     settings = base.model_copy(update={"workspace_path": str(workspace)})
     settings.__dict__.pop("workspace_dir", None)
-    request = ExecuteRequest(
-        execution_id=args.execution_id,
-        code=code,
-        language=args.language,
-        timeout=args.timeout if args.timeout is not None else settings.default_timeout_seconds,
-        event=event,
-        stdin=args.stdin,
-        env_vars=dict(kv.split("=", 1) for kv in args.env or []),
-    )
     try:
         result = asyncio.run(Engine(settings).execute_once(request))
     finally:
@@ -91,7 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one file in a sandbox and print the result as JSON")
     run.add_argument("file", help="source file, or - for stdin")
     run.add_argument("--language", "-l", choices=["python", "javascript", "shell"], required=True)
-    run.add_argument("--event", help="event JSON object for the handler")
+    run.add_argument(
+        "--event",
+        help="event JSON object for the handler: inline, @FILE, or - (@-) for standard input "
+        "when the code comes from a file",
+    )
     run.add_argument("--stdin", help="text fed to the process's stdin")
     run.add_argument("--timeout", type=int, help="seconds (1..3600)")
     run.add_argument("--workspace", help="workspace directory (default: a fresh temporary one)")
@@ -109,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except InvalidRequest as exc:
+        print(f"sandbox-executor: error: {exc.description}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         print(f"sandbox-executor: error: {exc}", file=sys.stderr)
         return 2

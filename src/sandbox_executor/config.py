@@ -112,7 +112,9 @@ class Settings(BaseSettings):
         default=None,
         description="container_id in lifecycle callbacks; default HOSTNAME, then the kernel's hostname.",
     )
-    pod_name: str | None = Field(default=None, description="pod_name in lifecycle callbacks.")
+    pod_name: str | None = Field(
+        default=None, description="pod_name in lifecycle callbacks; default the container_id."
+    )
     hostname: str | None = Field(
         default=None, description="Set by the container runtime; the default container_id."
     )

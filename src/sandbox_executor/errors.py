@@ -47,11 +47,11 @@ class ExecutorError(Exception):
         self.retry_after = retry_after
 
     def body(self, request_id: str) -> dict[str, Any]:
-        """The JSON error body of CONTRACT.md section 1."""
+        """The JSON error body of CONTRACT.md section 1 (no null: a missing detail is "")."""
         return {
             "error_code": self.error_code,
             "description": self.description,
-            "error_detail": self.detail,
+            "error_detail": "" if self.detail is None else self.detail,
             "solution": self.solution,
             "request_id": request_id,
         }
@@ -184,7 +184,7 @@ class ApiError(Exception):
         return {
             "error_code": self.error_code,
             "description": self.description,
-            "error_detail": self.error_detail,
+            "error_detail": "" if self.error_detail is None else self.error_detail,
             "solution": self.solution,
             "request_id": request_id,
         }

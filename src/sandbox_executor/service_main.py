@@ -22,6 +22,8 @@ from .service import ExecutionService
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_BUDGET_SECONDS = 2.0
+# Half the budget: the interrupted sync's 503 and the server's stop fit in the rest.
+SYNC_GRACE_SECONDS = 1.0
 _EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 _EXIT_REASONS = {signal.SIGTERM: "sigterm", signal.SIGINT: "sigint"}
 
@@ -63,6 +65,9 @@ class _Daemon:
         # The budget is a promise to the orchestrator: if anything below hangs, exit anyway.
         loop.call_at(deadline + 0.1, os._exit, self.exit_code)
         log.info("shutdown_started", signal=signum.name)
+        # A running dependency sync finishes within its grace or answers 503 before we stop.
+        syncs = self.service.dependencies.shutdown(SYNC_GRACE_SECONDS) if self.service.dependencies else None
+        syncs_stopped = asyncio.ensure_future(syncs) if syncs is not None else None
         try:
             aborted = await asyncio.wait_for(self.service.abort_all(), max(0.1, deadline - loop.time() - 0.6))
             log.info("executions_aborted", count=len(aborted))
@@ -77,6 +82,8 @@ class _Daemon:
                 self.reporter.flush(remaining),
                 return_exceptions=True,
             )
+        if syncs_stopped is not None:
+            await syncs_stopped
         if self.server is not None:
             self.server.should_exit = True
 

@@ -18,10 +18,11 @@ import pytest
 
 from sandbox_executor.config import Settings
 from sandbox_executor.dependencies import DependencyManager, SyncRequest
+from sandbox_executor.dependencies.pip_sandbox import PipRunner
 from sandbox_executor.engine import Engine
-from sandbox_executor.errors import ApiError
+from sandbox_executor.errors import Busy, InstallFailed, ShuttingDown
 from sandbox_executor.models import ExecuteRequest, ExecutionResult
-from tests.support.local_index import LocalIndex, sdist_bytes
+from tests.support.local_index import LocalIndex, held_build_code, sdist_bytes
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
 
@@ -85,9 +86,7 @@ def pip_runtime_root() -> Iterator[Path]:
 
 
 def new_manager(settings: Settings, pip_runtime_root: Path) -> DependencyManager:
-    manager = DependencyManager(settings)
-    manager.pip.runtime_root = pip_runtime_root
-    return manager
+    return DependencyManager(settings, pip=PipRunner(settings, runtime_root=pip_runtime_root))
 
 
 @pytest.fixture
@@ -151,7 +150,7 @@ async def test_replace_installs_and_next_execution_imports(
     manager: DependencyManager, settings: Settings, index: LocalIndex
 ) -> None:
     body = await manager.sync(req(index, ["beta"]))
-    assert body["status"] == "completed" and body["error"] is None
+    assert body["status"] == "completed" and body["error"] == ""
     assert versions(body) == {"alpha": "2.0", "beta": "1.0"}
     for dep in body["installed_dependencies"]:
         assert dep["install_location"] == "/opt/sandbox-venv"
@@ -211,12 +210,11 @@ async def test_missing_package_is_422_and_previous_set_stays(
     await manager.sync(req(index, ["alpha==1.0"]))
     live = os.path.realpath(settings.sandbox_venv_path)
     before = manager.installed()
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(InstallFailed) as info:
         await manager.sync(req(index, ["alpha==1.0", "no-such-project"]))
     err = info.value
-    assert err.status_code == 422
     assert err.error_code == "Executor.DependencyInstallFailed"
-    assert "no-such-project" in err.error_detail
+    assert "no-such-project" in err.detail
     assert os.path.realpath(settings.sandbox_venv_path) == live
     assert manager.installed() == before
     # The failed tree is gone; only the live one (and its manifest) remain.
@@ -226,9 +224,8 @@ async def test_missing_package_is_422_and_previous_set_stays(
     result = await run_python(settings, code)
     assert result.return_value == 1, result.stderr
     # A version that does not exist fails the same way.
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(InstallFailed):
         await manager.sync(req(index, ["alpha==9.9"]))
-    assert info.value.status_code == 422
 
 
 async def test_unchanged_resync_runs_no_pip(
@@ -270,11 +267,10 @@ async def test_second_sync_waits_or_gets_503_and_executions_keep_running(
         assert result.return_value == "still here"
         # A second sync that cannot get the lock in time is told to come back.
         manager.lock_wait_seconds = 0.3
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(Busy) as busy:
             await manager.sync(req(index, ["gamma"]))
-        assert info.value.status_code == 503
-        assert info.value.error_code == "Executor.Busy"
-        assert int(info.value.headers["Retry-After"]) > 0
+        assert busy.value.error_code == "Executor.Busy"
+        assert busy.value.retry_after is not None and busy.value.retry_after > 0
         # One that may wait runs after the first, on top of its result.
         manager.lock_wait_seconds = 30
         second = asyncio.create_task(manager.sync(req(index, ["gamma"], "merge")))
@@ -300,12 +296,11 @@ async def test_install_timeout_is_422_and_leaves_nothing_running(
     index.gate.clear()
     try:
         started = time.monotonic()
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(InstallFailed) as info:
             await manager.sync(req(index, ["gamma"]))
         elapsed = time.monotonic() - started
     finally:
         index.gate.set()
-    assert info.value.status_code == 422
     assert "timed out" in info.value.description
     assert elapsed < 10
     # Neither bwrap (host paths in its argv) nor pip inside it (the index URL) survived.
@@ -374,3 +369,93 @@ async def test_pip_runs_from_a_compiled_read_only_copy(
     for path in (copies[0], pip_dir, pip_dir / "__main__.py"):
         mode = path.stat().st_mode
         assert path.stat().st_uid == os.geteuid() and not mode & 0o022, path
+
+
+def _add_held_package(index: LocalIndex, name: str) -> str:
+    """A project whose install stays in flight until ``index.release(tag)``; returns tag."""
+    tag = secrets.token_hex(6)
+    index.add(*sdist_bytes(name, "1.0", name.replace("-", "_"), held_build_code(index.url, tag)))
+    return tag
+
+
+async def _until(predicate: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        await asyncio.sleep(0.02)
+
+
+def _pip_processes(settings: Settings) -> list[bytes]:
+    marker = str(settings.sandbox_venv_path).encode() + b".d"
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline:
+            found.append(cmdline)
+    return found
+
+
+async def test_shutdown_kills_a_sync_past_its_grace_and_keeps_the_previous_set(
+    manager: DependencyManager, settings: Settings, index: LocalIndex
+) -> None:
+    await manager.sync(req(index, ["alpha==1.0"]))
+    live = os.path.realpath(settings.sandbox_venv_path)
+    tag = _add_held_package(index, "held-one")
+    syncing = asyncio.create_task(manager.sync(req(index, ["held-one"], "merge")))
+    await _until(lambda: index.started(tag), "the held build")
+    started = time.monotonic()
+    await manager.shutdown(grace=0.2)
+    stopped_after = time.monotonic() - started
+    assert syncing.done(), "shutdown returned while the sync still ran"
+    with pytest.raises(ShuttingDown) as info:
+        await syncing
+    assert info.value.error_code == "Executor.ShuttingDown" and info.value.retry_after
+    assert 0.2 <= stopped_after < 0.2 + 1.0, stopped_after
+    # The half-installed tree, its scratch directory and pip are gone; v1 is still live.
+    assert os.path.realpath(settings.sandbox_venv_path) == live
+    store_root = Path(str(settings.sandbox_venv_path) + ".d")
+    assert sorted(p.name for p in store_root.iterdir() if p.name.startswith(("v", "scratch"))) == [
+        "v1",
+        "v1.json",
+    ]
+    assert _pip_processes(settings) == []
+    # Later syncs are refused at once, without touching the index.
+    seen = index.request_count()
+    with pytest.raises(ShuttingDown):
+        await manager.sync(req(index, ["gamma"], "merge"))
+    assert index.request_count() == seen
+    result = await run_python(settings, "import alpha\ndef handler(event):\n    return alpha.VALUE\n")
+    assert result.return_value == 1, result.stderr
+
+
+async def test_shutdown_lets_a_sync_finish_within_its_grace(
+    manager: DependencyManager, settings: Settings, index: LocalIndex
+) -> None:
+    tag = _add_held_package(index, "held-two")
+    syncing = asyncio.create_task(manager.sync(req(index, ["held-two"])))
+    await _until(lambda: index.started(tag), "the held build")
+    stopping = asyncio.create_task(manager.shutdown(grace=60))
+    await asyncio.sleep(0)
+    # Closing: a new sync is refused while the running one goes on.
+    with pytest.raises(ShuttingDown):
+        await manager.sync(req(index, ["gamma"], "merge"))
+    assert not syncing.done() and not stopping.done()
+    index.release(tag)
+    body = await syncing
+    await asyncio.wait_for(stopping, 5)
+    assert body["error"] == "" and versions(body) == {"held-two": "1.0"}
+    result = await run_python(
+        settings, "import held_two\ndef handler(event):\n    return held_two.FINDINGS\n"
+    )
+    assert result.return_value == {"released": True}, result.stderr
+
+
+async def test_shutdown_without_a_running_sync_returns_at_once(manager: DependencyManager) -> None:
+    started = time.monotonic()
+    await manager.shutdown(grace=5)
+    assert time.monotonic() - started < 0.1
+    with pytest.raises(ShuttingDown):
+        await manager.sync(SyncRequest())

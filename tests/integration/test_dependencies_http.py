@@ -94,7 +94,7 @@ def test_sync_then_execute_through_the_daemon(client: httpx.Client, index: Local
     resp = sync(client, index, ["beta"])
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert body["status"] == "completed" and body["error"] is None
+    assert body["status"] == "completed" and body["error"] == ""
     assert {d["name"]: d["version"] for d in body["installed_dependencies"]} == {
         "alpha": "1.0",
         "beta": "1.0",

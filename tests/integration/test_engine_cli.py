@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import subprocess
@@ -82,6 +83,87 @@ def test_run_rejects_bad_input(tmp_path: Path) -> None:
     assert _cli("run", "-l", "python", str(code), "--event", "[1]").returncode == 2
     assert _cli("run", "-l", "python", str(tmp_path / "missing.py")).returncode == 2
     assert _cli("run", "-l", "cobol", str(code)).returncode == 2
+
+
+EVENT_HANDLER = (
+    "import hashlib, json\n"
+    "def handler(event):\n"
+    "    blob = json.dumps(event, sort_keys=True, ensure_ascii=False).encode()\n"
+    "    return [len(blob), hashlib.sha256(blob).hexdigest(), event['n']]\n"
+)
+
+
+def _big_event() -> tuple[dict[str, object], list[object]]:
+    # ~900 KB: far over the kernel's 128 KiB cap on one argument, under the API's limits.
+    event: dict[str, object] = {"n": 7, "rows": [{"i": i, "text": "é" * 40 + str(i)} for i in range(8_000)]}
+    blob = json.dumps(event, sort_keys=True, ensure_ascii=False).encode()
+    assert 850_000 < len(blob) < 1_000_000, len(blob)
+    return event, [len(blob), hashlib.sha256(blob).hexdigest(), 7]
+
+
+def test_run_event_from_a_900_kb_file(tmp_path: Path) -> None:
+    code = tmp_path / "h.py"
+    code.write_text(EVENT_HANDLER)
+    event, expected = _big_event()
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(event, ensure_ascii=False), encoding="utf-8")
+    proc = _cli("run", "-l", "python", str(code), "--event", f"@{path}")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["return_value"] == expected
+
+
+def test_run_event_from_standard_input(tmp_path: Path) -> None:
+    code = tmp_path / "h.py"
+    code.write_text(EVENT_HANDLER)
+    event, expected = _big_event()
+    for spec in ("-", "@-"):
+        proc = subprocess.run(
+            [*CLI, "run", "-l", "python", str(code), "--event", spec],
+            input=json.dumps(event, ensure_ascii=False).encode(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["return_value"] == expected
+
+
+def test_run_event_from_standard_input_needs_the_code_in_a_file() -> None:
+    proc = subprocess.run(
+        [*CLI, "run", "-l", "python", "-", "--event", "-"],
+        input="def handler(event):\n    return 1\n", capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "standard input" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read the event file"),
+        (b"{not json", "not valid JSON"),
+        (b'{"a": "\xff"}', "not valid JSON"),
+        (b"[1, 2]", "event: Input should be a valid dictionary"),
+        (b'{"a": ' * 200 + b"1" + b"}" * 200, "nested deeper than 128 levels"),
+        (b'{"a": ' * 100_000 + b"1" + b"}" * 100_000, "nested too deeply"),
+        (b'{"a": "' + b"x" * (16 * 1024 * 1024) + b'"}', "exceeds 16777216 bytes"),
+    ],
+    ids=["missing", "invalid", "not-utf8", "not-an-object", "too-deep", "deeper-than-the-parser", "too-big"],
+)
+def test_run_event_file_errors_are_clear_and_exit_2(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    code = tmp_path / "h.py"
+    code.write_text("def handler(event):\n    return 1\n")
+    path = tmp_path / "event.json"
+    if content is not None:
+        path.write_bytes(content)
+    proc = _cli("run", "-l", "python", str(code), "--event", f"@{path}")
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert len(proc.stderr) < 2000  # no megabyte of event echoed back
 
 
 def test_run_reports_a_sandbox_that_cannot_start_as_crashed(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ build requirements (so pip's isolated build env installs nothing from the index)
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import html
 import io
@@ -137,6 +138,27 @@ def sdist_bytes(
     return f"{root}.tar.gz", buf.getvalue()
 
 
+def held_build_code(index_url: str, tag: str) -> str:
+    """Build code (for :func:`sdist_bytes`) that reports its start to the index, then waits
+    until the index serves the release file of ``tag`` (:meth:`LocalIndex.release`): an
+    install that is in flight for as long as a test wants, reached over pip's own network."""
+    root = index_url.rsplit("/simple", 1)[0]
+    return f"""
+import time, urllib.error, urllib.request
+try:
+    urllib.request.urlopen({root!r} + "/files/started-{tag}", timeout=5)
+except OSError:
+    pass
+while True:
+    try:
+        urllib.request.urlopen({root!r} + "/files/release-{tag}", timeout=5)
+        break
+    except OSError:
+        time.sleep(0.05)
+FINDINGS["released"] = True
+"""
+
+
 class LocalIndex:
     """Serves ``/simple/`` (PEP 503) and ``/files/<name>`` on 127.0.0.1 from a thread.
 
@@ -173,6 +195,15 @@ class LocalIndex:
         filename, data = wheel_bytes(name, version, files, requires)
         self.add(filename, data)
         return filename
+
+    def started(self, tag: str) -> bool:
+        """Whether a build of :func:`held_build_code` with ``tag`` has begun."""
+        with self._lock:
+            return f"/files/started-{tag}" in self.requests
+
+    def release(self, tag: str) -> None:
+        """Let the builds of :func:`held_build_code` with ``tag`` finish."""
+        self.add(f"release-{tag}", b"go")
 
     def request_count(self) -> int:
         with self._lock:
@@ -226,11 +257,13 @@ class LocalIndex:
                     self._send(404, b"not found", "text/plain")
 
             def _send(self, code: int, body: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                # pip may be killed mid-request (timeouts, shutdown tests): not an error here.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.send_response(code)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
 
         return Handler
 

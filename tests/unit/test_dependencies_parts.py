@@ -10,23 +10,18 @@ from pathlib import Path
 import pytest
 
 from sandbox_executor.config import Settings
-from sandbox_executor.dependencies import (
-    PIP_CACHE_MOUNT,
-    DependencyManager,
-    Manifest,
-    PipJob,
-    PipRunner,
-    SyncRequest,
-    VenvStore,
+from sandbox_executor.dependencies import DependencyManager, SyncRequest
+from sandbox_executor.dependencies.fs import read_installed, seal_tree
+from sandbox_executor.dependencies.pip_sandbox import PIP_CACHE_MOUNT, PipJob, PipRunner
+from sandbox_executor.dependencies.store import Manifest, VenvStore
+from sandbox_executor.dependencies.validation import (
     normalize_requirement,
     normalize_requirements,
-    read_installed,
     redact_url,
-    seal_tree,
     validate_index_url,
     validate_runtime,
 )
-from sandbox_executor.errors import ApiError
+from sandbox_executor.errors import InternalError, InvalidRequest
 
 
 @pytest.mark.parametrize(
@@ -72,21 +67,19 @@ def test_valid_entries_are_normalized(entry: str, name: str, spec: str) -> None:
     ],
 )
 def test_option_like_path_like_and_malformed_entries_are_400(entry: str) -> None:
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(InvalidRequest) as info:
         normalize_requirement(entry)
-    assert info.value.status_code == 400
     assert info.value.error_code == "Executor.ValidationError"
 
 
 def test_non_string_entry_is_400() -> None:
-    with pytest.raises(ApiError):
+    with pytest.raises(InvalidRequest):
         normalize_requirement(42)
 
 
 def test_entry_count_is_bounded_and_later_duplicates_win() -> None:
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(InvalidRequest):
         normalize_requirements(["a"] * 4, max_entries=3)
-    assert info.value.status_code == 400
     assert normalize_requirements(["b", "A==1", "a==2"], 3) == {"b": "b", "a": "a==2"}
 
 
@@ -115,16 +108,15 @@ def test_good_index_urls(url: str) -> None:
     ],
 )
 def test_bad_index_urls_are_400(url: str) -> None:
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(InvalidRequest):
         validate_index_url(url)
-    assert info.value.status_code == 400
 
 
 def test_runtime_must_be_python() -> None:
     for ok in ("python", "python3", "python3.11", "python3.12"):
         validate_runtime(ok)
     for bad in ("node20", "python2.7; rm", "", "ruby"):
-        with pytest.raises(ApiError):
+        with pytest.raises(InvalidRequest):
             validate_runtime(bad)
 
 
@@ -149,9 +141,8 @@ async def test_invalid_sync_is_rejected_before_touching_disk(tmp_path: Path) -> 
         {"dependencies": ["requests"], "python_package_index_url": "file:///tmp"},
         {"dependencies": ["requests"], "language_runtime": "node20"},
     ):
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(InvalidRequest):
             await manager.sync(SyncRequest.model_validate(body))
-        assert info.value.status_code == 400
     assert list(tmp_path.iterdir()) == []
 
 
@@ -343,9 +334,9 @@ def test_unsandboxed_pip_still_gets_a_clean_environment(tmp_path: Path) -> None:
 async def test_unwritable_venv_location_is_a_500_that_names_the_path(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     settings = Settings(sandbox_venv_path=tmp_path / "file" / "venv")
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(InternalError) as info:
         await DependencyManager(settings).sync(SyncRequest(dependencies=[]))
-    assert info.value.status_code == 500
+    assert info.value.error_code == "Executor.InternalError"
     assert str(tmp_path / "file") in info.value.solution
 
 
