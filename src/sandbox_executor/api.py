@@ -1,4 +1,4 @@
-"""FastAPI routes: the inbound contract of CONTRACT.md section 1, plus standalone niceties."""
+"""FastAPI routes: the inbound contract of docs/CONTRACT.md section 1, plus standalone niceties."""
 
 from __future__ import annotations
 

@@ -47,7 +47,7 @@ class ExecutorError(Exception):
         self.retry_after = retry_after
 
     def body(self, request_id: str) -> dict[str, Any]:
-        """The JSON error body of CONTRACT.md section 1 (no null: a missing detail is "")."""
+        """The JSON error body of docs/CONTRACT.md section 1 (no null: a missing detail is "")."""
         return {
             "error_code": self.error_code,
             "description": self.description,

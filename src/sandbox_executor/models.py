@@ -48,7 +48,7 @@ class TerminationReason(StrEnum):
 
 
 class ExecuteRequest(BaseModel):
-    """Body of ``POST /execute`` (CONTRACT.md section 1). Unknown fields are ignored."""
+    """Body of ``POST /execute`` (docs/CONTRACT.md section 1). Unknown fields are ignored."""
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
 
@@ -150,7 +150,7 @@ class ArtifactDetail(BaseModel):
 
 
 class ExecutionResult(BaseModel):
-    """What one execution produced; the callback body of CONTRACT.md section 2 plus extras."""
+    """What one execution produced; the callback body of docs/CONTRACT.md section 2 plus extras."""
 
     status: Status
     exit_code: int

@@ -422,7 +422,7 @@ def _reject_constant(name: str) -> Any:
 
 # A workspace whose last scan found at most this many files is scanned on the event loop:
 # that costs less (tens of microseconds) than the two thread hops of an executor call,
-# which are ~1 ms of every run's latency on a busy 2-core machine (pool.py, issue 7).
+# which are ~1 ms of every run's latency on a busy 2-core machine (pool.py).
 _INLINE_SCAN_FILES = 200
 _last_scan_size: dict[str, int] = {}
 

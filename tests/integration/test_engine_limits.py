@@ -30,7 +30,7 @@ async def _assert_timeout(result: ExecutionResult, timeout: int, wall: float) ->
     assert result.exit_code == -1
     assert result.termination_reason == TerminationReason.TIMEOUT
     assert result.stderr.endswith(f"Execution timeout after {timeout} seconds")
-    # Killed at the deadline: the issue asks for 100 ms, asserted with slack for a busy CI.
+    # Killed at the deadline: the target is 100 ms, asserted with slack for a busy CI.
     assert timeout <= result.execution_time < timeout + 0.5, result.execution_time
     assert wall < timeout + 1.0, wall
 

@@ -51,7 +51,6 @@ def pool_settings(pool_dirs: dict[str, Path]) -> Settings:
     return Settings(
         workspace_path=str(pool_dirs["workspace"]),
         results_dir=pool_dirs["base"] / "results",
-        state_dir=pool_dirs["base"] / "state",
         sandbox_venv_path=pool_dirs["venv"],
         warm_pool_size=1,
         memory_limit_mb=256,

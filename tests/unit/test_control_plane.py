@@ -67,7 +67,7 @@ def settings_for(results_dir: Path, url: str | None, **overrides: Any) -> Settin
         "callback_max_attempts": 4,
         "callback_max_backoff_seconds": BACKOFF_CAP,
         "outbox_replay_interval_seconds": REPLAY,
-        "heartbeat_interval": 0.2,
+        "heartbeat_interval_seconds": 0.2,
         "container_id": POD,
         "pod_name": POD,
         "executor_port": 8080,
@@ -419,7 +419,7 @@ async def test_callback_metrics_counted(
 async def test_heartbeats_on_a_fixed_schedule_and_none_after_the_block(
     cp: MockControlPlane, clock: VirtualClock, reporter_factory: Factory
 ) -> None:
-    reporter = await reporter_factory(heartbeat_interval=0.2)
+    reporter = await reporter_factory(heartbeat_interval_seconds=0.2)
     async with reporter.heartbeat(EID):
         await clock.advance(0.9)
     await clock.advance(1.0)
@@ -445,7 +445,7 @@ async def test_a_slow_control_plane_does_not_shift_the_schedule(
         return response
 
     cp._handle = slow  # type: ignore[method-assign]
-    reporter = await reporter_factory(heartbeat_interval=0.2)
+    reporter = await reporter_factory(heartbeat_interval_seconds=0.2)
     async with reporter.heartbeat(EID):
         await clock.advance(0.9)
     assert [round(b.at, 6) for b in cp.of("heartbeat")] == [0.2, 0.4, 0.6, 0.8]
@@ -457,7 +457,7 @@ async def test_failing_heartbeats_change_nothing(
     cp.respond(500, kind="heartbeat", times=1)
     cp.fail(httpx.ReadTimeout, kind="heartbeat", times=1)
     cp.fail(httpx.ConnectError, kind="heartbeat", times=1)
-    reporter = await reporter_factory(heartbeat_interval=0.15)
+    reporter = await reporter_factory(heartbeat_interval_seconds=0.15)
     async with reporter.heartbeat(EID):
         await clock.advance(0.7)
     assert [b.status for b in cp.of("heartbeat")] == [500, None, None, 200]
@@ -467,7 +467,7 @@ async def test_heartbeat_block_exit_cancels_a_hanging_beat(
     cp: MockControlPlane, clock: VirtualClock, reporter_factory: Factory
 ) -> None:
     cp.hang(kind="heartbeat")
-    reporter = await reporter_factory(heartbeat_interval=0.1)
+    reporter = await reporter_factory(heartbeat_interval_seconds=0.1)
     block = reporter.heartbeat(EID)
     await block.__aenter__()
     await clock.run_until(lambda: len(cp.of("heartbeat")) == 1)
