@@ -42,8 +42,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 import httpx  # noqa: E402
 
+from sandbox_executor.bwrap import SandboxSpec, build_bwrap_argv  # noqa: E402
+from sandbox_executor.host import host_system_mounts  # noqa: E402
 from sandbox_executor.runtimes import base_environment  # noqa: E402
-from sandbox_executor.sandbox import SandboxSpec, build_bwrap_argv, host_system_mounts  # noqa: E402
 from tests.support.server import RunningServer, start_server, stop_server  # noqa: E402
 
 PY = "/usr/bin/python3"

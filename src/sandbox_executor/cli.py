@@ -131,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # logs, and those two are 4 MiB of its idle RSS (the footprint budget is 60 MiB).
     for name in ("rich", "pygments"):
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
-    from .service_main import serve
+    from .daemon import serve
 
     return serve()
 

@@ -35,3 +35,34 @@ REJECTED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+
+# The warm pool (pool.py).
+POOL_SANDBOXES = Gauge(
+    "sandbox_warm_pool_sandboxes",
+    "Pre-started sandboxes waiting for an execution.",
+    ["language"],
+    registry=REGISTRY,
+)
+POOL_READY = Gauge(
+    "sandbox_warm_pool_ready",
+    "Waiting sandboxes whose interpreter is up (blocked on its input pipe).",
+    ["language"],
+    registry=REGISTRY,
+)
+POOL_MEMORY = Gauge(
+    "sandbox_warm_pool_memory_bytes",
+    "Resident memory (sum of VmRSS) of the waiting sandboxes' processes.",
+    registry=REGISTRY,
+)
+POOL_TAKES = Counter(
+    "sandbox_warm_pool_takes_total",
+    "Executions by whether a pre-started sandbox served them (hit) or a cold start (miss).",
+    ["language", "outcome"],
+    registry=REGISTRY,
+)
+POOL_DISCARDS = Counter(
+    "sandbox_warm_pool_discarded_total",
+    "Waiting sandboxes thrown away unused, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)

@@ -43,6 +43,7 @@ class TerminationReason(StrEnum):
     SIGNALED = "signaled"
     TIMEOUT = "timeout"
     MEMORY_LIMIT = "memory_limit"
+    DISK_LIMIT = "disk_limit"
     SANDBOX_ERROR = "sandbox_error"
     SHUTDOWN = "shutdown"
 
@@ -166,6 +167,19 @@ class ExecutionResult(BaseModel):
     artifact_details: list[ArtifactDetail] = Field(default_factory=list)
     artifacts_truncated: bool = False
     error: str | None = None
+
+    @classmethod
+    def crashed(cls, message: str, reason: TerminationReason, elapsed: float = 0.0) -> ExecutionResult:
+        """A run that never produced a result of its own (sandbox error, shutdown)."""
+        return cls(
+            status=Status.CRASHED,
+            exit_code=-1,
+            stderr=message,
+            execution_time=round(elapsed, 6),
+            metrics=Metrics(duration_ms=round(elapsed * 1000, 3)),
+            termination_reason=reason,
+            error=message,
+        )
 
     def callback_body(self) -> dict[str, Any]:
         """JSON body for the control plane's result route (never NaN/Infinity)."""

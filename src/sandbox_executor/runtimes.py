@@ -15,7 +15,7 @@ from importlib import resources
 from typing import Any
 
 from .config import Settings
-from .models import Language
+from .models import ExecuteRequest, Language
 
 SANDBOX_VENV_MOUNT = "/opt/sandbox-venv"
 SHELL_EVENT_FILE = "/tmp/event.json"
@@ -53,13 +53,26 @@ class LaunchJob:
     max_return_bytes: int
 
 
+def job_from_request(request: ExecuteRequest, settings: Settings) -> LaunchJob:
+    """The launch job for a validated request, with limits clamped to the daemon's maxima."""
+    return LaunchJob(
+        execution_id=request.execution_id,
+        language=request.language,
+        code=request.code,
+        event=request.effective_event(),
+        env=dict(request.env_vars),
+        timeout=settings.clamp_timeout(request.timeout),
+        max_return_bytes=settings.max_return_value_bytes,
+    )
+
+
 def interpreter_command(language: Language, settings: Settings, input_fd: int, result_fd: int) -> list[str]:
     """The command run inside the sandbox, before any request is known.
 
     ``input_fd`` carries the launch message in; ``result_fd`` the handler's outcome out.
     Every command first lowers its own RLIMIT_NPROC to ``pids_limit``: set inside the
     sandbox's user namespace, that cap counts this sandbox's processes only (see
-    runner.Limits.pids_total for the looser cap over all of them).
+    limits.Limits.pids_total for the looser cap over all of them).
     """
     pids = str(settings.pids_limit)
     fds = [str(input_fd), str(result_fd)]
