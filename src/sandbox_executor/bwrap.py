@@ -7,7 +7,7 @@ Nothing here touches the file system or the process table: the host is inspected
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # Directories the interpreters need, bound read-only when they exist as real directories;
 # on a merged-/usr system /bin, /lib... are symlinks into /usr and are recreated as such.
@@ -66,6 +66,23 @@ class SandboxSpec:
         fds = [fd for fd, _ in self.data_files]
         fds += [fd for fd in (self.info_fd, self.seccomp_fd) if fd is not None]
         return fds
+
+
+def renumbered(spec: SandboxSpec, first: int) -> tuple[SandboxSpec, dict[int, int]]:
+    """``spec`` with bwrap's descriptors renumbered from ``first`` up, and the mapping of
+    those numbers to the original ones (the child's number -> ours), so that the numbers a
+    sandbox sees never depend on what the daemon happens to have open."""
+    mapping: dict[int, int] = {}
+
+    def child(fd: int) -> int:
+        number = first + len(mapping)
+        mapping[number] = fd
+        return number
+
+    data_files = tuple((child(fd), dest) for fd, dest in spec.data_files)
+    info_fd = child(spec.info_fd) if spec.info_fd is not None else None
+    seccomp_fd = child(spec.seccomp_fd) if spec.seccomp_fd is not None else None
+    return replace(spec, data_files=data_files, info_fd=info_fd, seccomp_fd=seccomp_fd), mapping
 
 
 def build_bwrap_argv(spec: SandboxSpec) -> list[str]:

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import artifacts
-from .bwrap import Mount, build_bwrap_argv
+from .bootstraps import Bootstraps
+from .bwrap import Mount, build_bwrap_argv, renumbered
 from .capture import BoundedCapture
 from .config import Settings
 from .host import HostProfile
@@ -23,6 +24,9 @@ from .models import ExecutionResult, Language, Metrics
 from .outcome import RunFacts, Tripped, classify
 from .process import Launch, SandboxProcess
 from .runtimes import (
+    BOOTSTRAP_FD,
+    INPUT_FD,
+    RESULT_FD,
     SANDBOX_VENV_MOUNT,
     STARTED_MARKER,
     LaunchJob,
@@ -164,12 +168,20 @@ class Sandbox:
 
 
 class SandboxFactory:
-    """Starts execution sandboxes: the host profile and the spawner helper, wired once."""
+    """Starts execution sandboxes: the host profile, the spawner helper and the bootstrap
+    programs, wired once."""
 
     def __init__(self, settings: Settings, host: HostProfile, spawner: Spawner) -> None:
         self.settings = settings
         self.host = host
         self.spawner = spawner
+        self._bootstraps: Bootstraps | None = None
+
+    @property
+    def bootstraps(self) -> Bootstraps:
+        if self._bootstraps is None:
+            self._bootstraps = Bootstraps.load(self.settings.python_binary)
+        return self._bootstraps
 
     async def start(self, language: Language) -> Sandbox:
         """Start a sandbox for ``language`` that waits for its launch message."""
@@ -178,11 +190,13 @@ class SandboxFactory:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
-        # Child fd number -> our fd; the interpreter's argv names the same numbers.
-        fds = {0: stdin_r, 1: out_w, 2: err_w, in_r: in_r, res_w: res_w}
-        launch = self._launch(language, fds, in_r, res_w)
-        ours = [in_w, res_r, out_r, err_r, stdin_w]
-        process = await SandboxProcess.spawn(self.spawner, launch, ours=ours)
+        if self.host.run_as is not None:
+            # bash reopens its script as /dev/fd/N, which checks the pipe inode's owner.
+            os.fchown(in_r, *self.host.run_as)
+        # The child's descriptor number -> ours.
+        fds = {0: stdin_r, 1: out_w, 2: err_w, INPUT_FD: in_r, RESULT_FD: res_w}
+        launch = self._launch(language, fds)
+        process = await SandboxProcess.spawn(self.spawner, launch, ours=[in_w, res_r, out_r, err_r, stdin_w])
         settings = self.settings
         cap = settings.max_output_bytes
         return Sandbox(
@@ -196,26 +210,31 @@ class SandboxFactory:
             result=await process.capture(res_r, settings.max_return_value_bytes + 64 * 1024),
         )
 
-    def _launch(self, language: Language, fds: dict[int, int], in_r: int, res_w: int) -> Launch:
+    def _launch(self, language: Language, fds: dict[int, int]) -> Launch:
         settings, host = self.settings, self.host
-        command = interpreter_command(language, settings, in_r, res_w)
+        program = f"/dev/fd/{BOOTSTRAP_FD}"
+        command = interpreter_command(language, settings, INPUT_FD, RESULT_FD, program)
+        lent = self.bootstraps.lent(language, BOOTSTRAP_FD)
         env = base_environment(settings, language)
         workspace = str(settings.workspace_dir)
         rlimits = host.limits.rlimits(namespaced=host.isolated)
-        if host.run_as is not None:
-            # bash reopens its script as /dev/fd/N, which checks the pipe inode's owner.
-            os.fchown(in_r, *host.run_as)
         if not host.isolated:
-            return Launch(command, fds, env=dict(env), cwd=workspace, run_as=host.run_as, rlimits=rlimits)
+            env_map = dict(env)
+            return Launch(command, fds, lent, env=env_map, cwd=workspace, run_as=host.run_as, rlimits=rlimits)
         info_r, info_w = os.pipe2(os.O_CLOEXEC)
         venv = Mount("ro-bind-try", os.path.realpath(settings.sandbox_venv_path), SANDBOX_VENV_MOUNT)
         spec = host.spec(command=command, workspace=workspace, env=env, extra_mounts=[venv], info_fd=info_w)
-        fds.update({fd: fd for fd in spec.inherited_fds()})
-        return Launch(build_bwrap_argv(spec), fds, run_as=host.run_as, rlimits=rlimits, info_fd=info_r)
+        spec, spec_fds = renumbered(spec, BOOTSTRAP_FD + 1)
+        fds.update(spec_fds)
+        argv = build_bwrap_argv(spec)
+        return Launch(argv, fds, lent, run_as=host.run_as, rlimits=rlimits, info_fd=info_r)
 
     async def aclose(self) -> None:
-        """Stop the spawner helper (its sandboxes die with it)."""
+        """Stop the spawner helper (its sandboxes die with it); release the bootstraps."""
         await self.spawner.aclose()
+        if self._bootstraps is not None:
+            self._bootstraps.close()
+            self._bootstraps = None
 
 
 async def _feed(fd: int | None, data: bytes) -> None:
