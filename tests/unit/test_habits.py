@@ -37,3 +37,10 @@ def _lines(path: Path) -> list[tuple[int, str]]:
     except (UnicodeDecodeError, OSError):
         return []
     return list(enumerate(text.splitlines(), 1))
+
+
+def test_the_public_surface_resolves() -> None:
+    import sandbox_executor
+
+    for name in sandbox_executor.__all__:
+        assert getattr(sandbox_executor, name) is not None
