@@ -357,7 +357,7 @@ def create_app(service: ExecutionService) -> FastAPI:
     )
     async def prometheus_metrics() -> Response:
         if service.pool is not None:
-            service.pool.update_metrics()
+            metrics.record_pool(service.pool.stats())
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     _add_dependency_route(app, service)

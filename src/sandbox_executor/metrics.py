@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, get_args
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .models import Language
+
+if TYPE_CHECKING:
+    from .pool import PoolStats
 
 REGISTRY = CollectorRegistry()
 
@@ -66,3 +73,11 @@ POOL_DISCARDS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+
+
+def record_pool(stats: PoolStats) -> None:
+    """Refresh the pool gauges from ``stats`` (on every /metrics scrape)."""
+    for language in get_args(Language):
+        POOL_SANDBOXES.labels(language).set(stats.languages.get(language, 0))
+        POOL_READY.labels(language).set(stats.ready.get(language, 0))
+    POOL_MEMORY.set(stats.memory_bytes)

@@ -19,7 +19,7 @@ Rules it keeps:
 * No idle CPU: a waiting interpreter is blocked in read(2); the pool itself has no
   periodic work apart from one timer per warm language that expires it after a long idle.
 * Memory is reported: the RSS of every waiting sandbox's processes, in ``stats()`` (for
-  /health) and in Prometheus gauges (``update_metrics()``, called by /metrics).
+  /health and the Prometheus gauges of /metrics).
 """
 
 from __future__ import annotations
@@ -30,19 +30,17 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, get_args
+from typing import Any, Protocol
 
 import structlog
 
 from .config import Settings
-from .metrics import POOL_DISCARDS, POOL_MEMORY, POOL_READY, POOL_SANDBOXES, POOL_TAKES
+from .metrics import POOL_DISCARDS, POOL_TAKES
 from .models import Language
 from .proctree import has_exited, process_tree, rss_bytes
 from .sandbox import Sandbox
 
 log = structlog.get_logger(__name__)
-
-LANGUAGES: tuple[Language, ...] = get_args(Language)
 
 # Languages kept warm from the start, and never expired for idleness: the common case.
 DEFAULT_PINNED: tuple[Language, ...] = ("python",)
@@ -237,19 +235,8 @@ class WarmPool:
 
     def _fingerprint(self) -> tuple[Any, ...]:
         """What a started sandbox has bound at start time and that may change on disk."""
-        workspace = str(self.settings.workspace_dir)
-        try:
-            st = os.stat(workspace)
-            ws: tuple[int, int] | None = (st.st_dev, st.st_ino)
-        except OSError:
-            ws = None
         venv = os.path.realpath(self.settings.sandbox_venv_path)
-        try:
-            vst = os.stat(venv)
-            venv_id: tuple[int, int] | None = (vst.st_dev, vst.st_ino)
-        except OSError:
-            venv_id = None
-        return (ws, venv, venv_id)
+        return (_identity(str(self.settings.workspace_dir)), venv, _identity(venv))
 
     # ------------------------------------------------------------------ refill
     def _lane(self, language: Language) -> _Lane:
@@ -413,10 +400,10 @@ class WarmPool:
             generation=self._generation,
         )
 
-    def update_metrics(self) -> None:
-        """Refresh the pool gauges (called on every /metrics scrape)."""
-        stats = self.stats()
-        for language in LANGUAGES:
-            POOL_SANDBOXES.labels(language).set(stats.languages.get(language, 0))
-            POOL_READY.labels(language).set(stats.ready.get(language, 0))
-        POOL_MEMORY.set(stats.memory_bytes)
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)

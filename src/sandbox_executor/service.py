@@ -59,8 +59,6 @@ class PoolView(Protocol):
 
     def stats(self) -> PoolStats: ...
 
-    def update_metrics(self) -> None: ...
-
 
 class Dependencies(Protocol):
     """Installs the session's packages (dependencies.DependencyManager)."""

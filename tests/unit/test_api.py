@@ -19,14 +19,8 @@ from tests.support.fakes import RecordingReporter, ScriptedEngine
 
 
 class FakePool:
-    def __init__(self) -> None:
-        self.metrics_updates = 0
-
     def stats(self) -> PoolStats:
         return PoolStats(2, 12345, {"python": 2}, {"python": 2}, 0, 5, 1, 0)
-
-    def update_metrics(self) -> None:
-        self.metrics_updates += 1
 
 
 @pytest.fixture
@@ -146,7 +140,8 @@ async def test_health_reads_typed_stats(make_client: Any) -> None:
     assert (health["results_pending_delivery"], health["results_undeliverable"]) == (0, 0)
     metrics = await client.get("/metrics")
     assert metrics.status_code == 200 and "sandbox_queue_depth" in metrics.text
-    assert pool.metrics_updates == 1
+    assert 'sandbox_warm_pool_sandboxes{language="python"} 2.0' in metrics.text
+    assert "sandbox_warm_pool_memory_bytes 12345.0" in metrics.text
 
 
 async def test_health_answers_503_with_the_reason(make_client: Any, engine: ScriptedEngine) -> None:
