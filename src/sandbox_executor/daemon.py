@@ -79,7 +79,7 @@ class Daemon:
         stack.push_async_callback(_bounded, self.reporter.aclose, 0.2)
         pool = WarmPool(sandboxes, settings) if settings.warm_pool_size > 0 and self.host.isolated else None
         dependencies = self.dependencies = DependencyManager(
-            settings, on_change=pool.invalidate if pool is not None else None
+            settings, on_change=pool.invalidate if pool is not None else None, host=self.host
         )
         stack.push_async_callback(_bounded, dependencies.aclose, 0.2)
         engine = Engine(settings, sandboxes, warm_source=pool)
