@@ -228,7 +228,9 @@ def error_headers(error: ExecutorError) -> dict[str, str]:
 
 def error_response(scope: Scope, error: ExecutorError) -> JSONResponse:
     """The JSON answer of docs/CONTRACT.md section 1 for ``error``."""
-    return JSONResponse(error.body(_request_id(scope)), status_code=status_for(error), headers=error_headers(error))
+    return JSONResponse(
+        error.body(_request_id(scope)), status_code=status_for(error), headers=error_headers(error)
+    )
 
 
 # ---------------------------------------------------------------------- app
@@ -335,7 +337,7 @@ def create_app(service: ExecutionService) -> FastAPI:
         if problem is not None:
             return JSONResponse({"status": "unhealthy", "reason": problem}, status_code=503)
         pool = service.pool.stats() if service.pool is not None else None
-        report_stats = service.reporter.stats() if service.reporter is not None else {}
+        delivery = service.reporter.stats() if service.reporter is not None else None
         return Health(
             status="healthy",
             version=__version__,
@@ -345,8 +347,8 @@ def create_app(service: ExecutionService) -> FastAPI:
             isolation=settings.isolation,
             warm_sandboxes=pool.warm_sandboxes if pool is not None else 0,
             warm_pool_memory_bytes=pool.memory_bytes if pool is not None else 0,
-            results_pending_delivery=int(report_stats.get("pending", 0)),
-            results_undeliverable=int(report_stats.get("undeliverable", 0)),
+            results_pending_delivery=delivery.pending if delivery is not None else 0,
+            results_undeliverable=delivery.undeliverable if delivery is not None else 0,
         )
 
     @app.get(

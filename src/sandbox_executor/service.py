@@ -26,6 +26,7 @@ from .models import ExecuteRequest, ExecutionResult, TerminationReason
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
+    from .control_plane import DeliveryStats
     from .dependencies import SyncRequest
     from .pool import PoolStats
 
@@ -51,7 +52,7 @@ class Reporter(Protocol):
 
     def heartbeat(self, execution_id: str) -> AbstractAsyncContextManager[None]: ...
 
-    def stats(self) -> dict[str, int]: ...
+    def stats(self) -> DeliveryStats: ...
 
 
 class PoolView(Protocol):

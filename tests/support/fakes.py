@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from sandbox_executor.control_plane import DeliveryStats
 from sandbox_executor.models import ExecuteRequest, ExecutionResult, Status, TerminationReason
 
 
@@ -48,5 +49,5 @@ class RecordingReporter:
         self.beating.append(execution_id)
         yield
 
-    def stats(self) -> dict[str, int]:
-        return {"pending": 0, "undeliverable": 0, "delivered": len(self.results)}
+    def stats(self) -> DeliveryStats:
+        return DeliveryStats(pending=0, undeliverable=0, delivered=len(self.results))
