@@ -155,7 +155,7 @@ def load_seccomp_program() -> bytes | None:
     """The sandboxes' seccomp program, or None (loudly) where libseccomp is missing."""
     try:
         return seccomp.build_program()
-    except (ImportError, OSError) as exc:
+    except (ImportError, OSError) as exc:  # ImportError: the pyseccomp binding, not ours
         # Namespaces and dropped capabilities still hold; the second wall is missing.
         log.warning("seccomp_unavailable", error=str(exc))
         return None
