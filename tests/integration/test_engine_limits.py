@@ -309,7 +309,7 @@ async def test_rusage_covers_the_whole_tree(run_code: RunCode) -> None:
 async def test_rusage_of_a_run_killed_at_the_deadline(run_code: RunCode) -> None:
     # The sandbox's init (the interpreter) spins until it is killed: its CPU time is still
     # the kernel's figure. (Processes still running when the namespace is torn down are
-    # reaped by the kernel itself and are not in the figure; see runner.py.)
+    # reaped by the kernel itself and are not in the figure; see process.py.)
     result = await run_code("def handler(event):\n    while True:\n        pass\n", timeout=1)
     assert result.status == Status.TIMEOUT
     assert result.metrics is not None and result.metrics.cpu_time_ms is not None
