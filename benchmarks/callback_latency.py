@@ -6,7 +6,7 @@ process), one result at a time with a pause between them, like executions ending
 
 Prints median / p95 / max of:
 * commit: how long submit_result takes (the durable write the caller waits for);
-* arrival: submit_result called -> request fully received by the control plane (issue 4
+* arrival: submit_result called -> request fully received by the control plane (the
   target: p95 < 200 ms).
 
 With --daemon: the real `sandbox-executor serve` runs a Python handler that returns

@@ -1,4 +1,4 @@
-"""Hello world through the engine, in-process, next to the same interpreter run bare (issue 2).
+"""Hello world through the engine, in-process, next to the same interpreter run bare.
 
 For python, node and bash: N runs of a hello-world through ``Engine.execute`` (a fresh
 sandbox each time: bwrap, namespaces, seccomp, rlimits, the uid drop when root, the

@@ -1,4 +1,4 @@
-"""The executor's latency and footprint benchmark (issue 7): one command, one table.
+"""The executor's latency and footprint benchmark: one command, one table.
 
     make bench            # or: .venv/bin/python benchmarks/run.py [--quick]
 
@@ -16,7 +16,7 @@ Measures, in one run on this machine (it must run as root, like the daemon in te
   the moment the handler returned (``time.monotonic()`` is one clock for every process);
 * the daemon: RSS and open descriptors when idle, then after 1000 back-to-back executions.
 
-It prints medians, p95 and the ratios to the bare runs, checks the issue's targets, and
+It prints medians, p95 and the ratios to the bare runs, checks the latency and footprint targets, and
 writes the same figures to ``benchmarks/results/latest.json``. About two minutes.
 """
 
@@ -42,8 +42,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 import httpx  # noqa: E402
 
+from sandbox_executor.bwrap import SandboxSpec, build_bwrap_argv  # noqa: E402
+from sandbox_executor.host import host_system_mounts  # noqa: E402
 from sandbox_executor.runtimes import base_environment  # noqa: E402
-from sandbox_executor.sandbox import SandboxSpec, build_bwrap_argv, host_system_mounts  # noqa: E402
 from tests.support.server import RunningServer, start_server, stop_server  # noqa: E402
 
 PY = "/usr/bin/python3"

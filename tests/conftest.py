@@ -47,7 +47,6 @@ def make_settings(workspace: Path, tmp_path: Path) -> Callable[..., Settings]:
         values: dict[str, Any] = {
             "workspace_path": str(workspace),
             "results_dir": tmp_path / "results",
-            "state_dir": tmp_path / "state",
             "sandbox_uid": SANDBOX_UID,
             "sandbox_gid": SANDBOX_GID,
             "disable_bwrap": False,

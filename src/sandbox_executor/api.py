@@ -1,4 +1,8 @@
-"""FastAPI routes: the inbound contract of CONTRACT.md section 1, plus standalone niceties."""
+"""FastAPI routes: the inbound contract of docs/CONTRACT.md section 1, plus standalone niceties.
+
+The only module that knows HTTP statuses: domain errors (``errors.py``) become answers
+through :data:`STATUS_BY_ERROR`.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__, metrics
 from .dependencies import SyncRequest
 from .errors import (
-    ApiError,
     Conflict,
     ExecutorError,
     InstallFailed,
@@ -29,7 +32,6 @@ from .errors import (
     NotFound,
     Unauthorized,
     Unavailable,
-    validation_error,
 )
 from .models import EXECUTION_ID_RE, ExecuteRequest, ExecutionResult
 from .service import ExecutionService
@@ -136,12 +138,11 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         metrics.REJECTED.labels("body_too_large").inc()
-        error = validation_error(
+        error = InvalidRequest(
             f"The request body exceeds {self.limit} bytes.",
             solution="Send at most 1 MiB of code and keep the whole body under the limit.",
         )
-        response = JSONResponse(error.body(_request_id(scope)), status_code=400)
-        await response(scope, receive, send)
+        await error_response(scope, error)(scope, receive, send)
 
 
 class RequestContextMiddleware:
@@ -166,15 +167,8 @@ class RequestContextMiddleware:
                 supplied = dict(scope.get("headers") or []).get(b"authorization", b"")
                 if not hmac.compare_digest(supplied, self.expected):
                     metrics.REJECTED.labels("unauthorized").inc()
-                    error = ApiError(
-                        401,
-                        "Executor.Unauthorized",
-                        "Missing or invalid bearer token.",
-                        solution="Send Authorization: Bearer <EXECUTOR_API_TOKEN>.",
-                        headers={"WWW-Authenticate": "Bearer"},
-                    )
-                    response = JSONResponse(error.body(rid), status_code=401, headers=error.headers)
-                    await response(scope, receive, send)
+                    error = Unauthorized("Missing or invalid bearer token.")
+                    await error_response(scope, error)(scope, receive, send)
                     return
 
             async def send_with_id(message: Message) -> None:
@@ -232,9 +226,10 @@ def error_headers(error: ExecutorError) -> dict[str, str]:
     return headers
 
 
-def _error_response(request: Request, error: ApiError) -> JSONResponse:
+def error_response(scope: Scope, error: ExecutorError) -> JSONResponse:
+    """The JSON answer of docs/CONTRACT.md section 1 for ``error``."""
     return JSONResponse(
-        error.body(_request_id(request.scope)), status_code=error.status_code, headers=error.headers
+        error.body(_request_id(scope)), status_code=status_for(error), headers=error_headers(error)
     )
 
 
@@ -256,13 +251,7 @@ def create_app(service: ExecutionService) -> FastAPI:
 
     @app.exception_handler(ExecutorError)
     async def executor_error(request: Request, exc: ExecutorError) -> JSONResponse:
-        return JSONResponse(
-            exc.body(_request_id(request.scope)), status_code=status_for(exc), headers=error_headers(exc)
-        )
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error_response(request, exc)
+        return error_response(request.scope, exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -282,20 +271,21 @@ def create_app(service: ExecutionService) -> FastAPI:
             description = "The request body is not valid JSON."
         else:
             description = f"Invalid request: {where}: {first['msg']}"
-        return _error_response(request, validation_error(description[:1000], detail))
+        return error_response(request.scope, InvalidRequest(description[:1000], detail))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "Executor.NotFound", 405: "Executor.MethodNotAllowed"}.get(
+        # Routing answers (no such route, wrong method): Starlette's status, our body.
+        code = {404: NotFound.error_code, 405: "Executor.MethodNotAllowed"}.get(
             exc.status_code, "Executor.HTTPError"
         )
-        headers = dict(exc.headers or {})  # e.g. Allow on 405
-        return _error_response(request, ApiError(exc.status_code, code, str(exc.detail), headers=headers))
+        body = {**ExecutorError(str(exc.detail)).body(_request_id(request.scope)), "error_code": code}
+        return JSONResponse(body, status_code=exc.status_code, headers=dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.error("internal_error", error_type=type(exc).__name__, exc_info=exc)
-        return _error_response(request, ApiError(500, "Executor.InternalError", "Internal error."))
+        return error_response(request.scope, InternalError("Internal error."))
 
     @app.post(
         "/execute",
@@ -329,9 +319,7 @@ def create_app(service: ExecutionService) -> FastAPI:
     async def get_execution(execution_id: str = Path(pattern=EXECUTION_ID_RE.pattern)) -> Any:
         record = service.get(execution_id)
         if record is None:
-            raise ApiError(
-                404,
-                "Executor.NotFound",
+            raise NotFound(
                 f"No execution {execution_id} (unknown or expired).",
                 solution=f"Executions are kept for {settings.executions_retention_seconds} s "
                 f"and at most {settings.executions_retention_count}.",
@@ -348,9 +336,8 @@ def create_app(service: ExecutionService) -> FastAPI:
         problem = service.health_problem()
         if problem is not None:
             return JSONResponse({"status": "unhealthy", "reason": problem}, status_code=503)
-        pool_stats = service.pool.stats() if service.pool is not None else {}
-        reporter = service.reporter
-        report_stats = reporter.stats() if reporter is not None and hasattr(reporter, "stats") else {}
+        pool = service.pool.stats() if service.pool is not None else None
+        delivery = service.reporter.stats() if service.reporter is not None else None
         return Health(
             status="healthy",
             version=__version__,
@@ -358,10 +345,10 @@ def create_app(service: ExecutionService) -> FastAPI:
             active_executions=service.active,
             queued_executions=service.queued,
             isolation=settings.isolation,
-            warm_sandboxes=int(pool_stats.get("warm_sandboxes", 0)),
-            warm_pool_memory_bytes=int(pool_stats.get("memory_bytes", 0)),
-            results_pending_delivery=int(report_stats.get("pending", 0)),
-            results_undeliverable=int(report_stats.get("undeliverable", 0)),
+            warm_sandboxes=pool.warm_sandboxes if pool is not None else 0,
+            warm_pool_memory_bytes=pool.memory_bytes if pool is not None else 0,
+            results_pending_delivery=delivery.pending if delivery is not None else 0,
+            results_undeliverable=delivery.undeliverable if delivery is not None else 0,
         )
 
     @app.get(
@@ -371,8 +358,8 @@ def create_app(service: ExecutionService) -> FastAPI:
         summary="Prometheus metrics",
     )
     async def prometheus_metrics() -> Response:
-        if service.pool is not None and hasattr(service.pool, "update_metrics"):
-            service.pool.update_metrics()
+        if service.pool is not None:
+            metrics.record_pool(service.pool.stats())
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     _add_dependency_route(app, service)

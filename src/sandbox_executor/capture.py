@@ -7,21 +7,30 @@ import os
 
 
 class BoundedCapture(asyncio.Protocol):
-    """Keeps at most ``limit`` bytes of a stream and drains (and counts) the rest.
+    """Keeps at most ``limit`` bytes of a stream (its head, or with ``tail`` its end) and
+    drains (and counts) the rest.
 
     Never holds more than ``limit`` bytes, so a flood costs the daemon no memory; the read
     side never stops, so the writer never blocks on a full pipe.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, tail: bool = False) -> None:
         self.limit = limit
+        self.tail = tail
         self._chunks: list[bytes] = []
+        self._end = bytearray()
         self.kept = 0
         self.total = 0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def data_received(self, data: bytes) -> None:
         self.total += len(data)
+        if self.tail:
+            self._end += data
+            if len(self._end) > self.limit:
+                del self._end[: len(self._end) - self.limit]
+            self.kept = len(self._end)
+            return
         room = self.limit - self.kept
         if room > 0:
             piece = data[:room]
@@ -40,12 +49,14 @@ class BoundedCapture(asyncio.Protocol):
         return self.total > self.kept
 
     def data(self) -> bytes:
-        return b"".join(self._chunks)
+        return bytes(self._end) if self.tail else b"".join(self._chunks)
 
 
-async def capture_fd(fd: int, limit: int) -> tuple[asyncio.ReadTransport, BoundedCapture]:
+async def capture_fd(
+    fd: int, limit: int, *, tail: bool = False
+) -> tuple[asyncio.ReadTransport, BoundedCapture]:
     """Start capturing the read end ``fd`` (ownership passes to the transport)."""
     loop = asyncio.get_running_loop()
     pipe = os.fdopen(fd, "rb", buffering=0)
-    transport, protocol = await loop.connect_read_pipe(lambda: BoundedCapture(limit), pipe)
+    transport, protocol = await loop.connect_read_pipe(lambda: BoundedCapture(limit, tail=tail), pipe)
     return transport, protocol

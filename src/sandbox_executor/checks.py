@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
+from .host import HostProfile
 from .models import ExecuteRequest, ExecutionResult
 
 
@@ -72,7 +73,7 @@ def bwrap_remedy(error: str) -> str:
     return "run the failing bwrap command by hand (see the detail) and read docs/OPERATIONS.md"
 
 
-def check_bwrap(settings: Settings) -> CheckResult:
+def check_bwrap(settings: Settings, host: HostProfile | None = None) -> CheckResult:
     """bwrap exists and really runs a sandbox here: the engine's own command line, the
     sandbox user, the seccomp filter, on a private scratch workspace."""
     if settings.disable_bwrap:
@@ -86,7 +87,7 @@ def check_bwrap(settings: Settings) -> CheckResult:
             "install it: apt-get install -y bubblewrap (or set BWRAP_PATH)",
         )
     try:
-        result = _run_probe_sandbox(settings)
+        result = _run_probe_sandbox(settings, host or HostProfile.probe(settings))
     except Exception as exc:
         return CheckResult("bwrap", False, f"cannot start a test sandbox: {exc}", bwrap_remedy(str(exc)))
     if result.status == "success" and result.stdout.strip() == "sandbox-ok":
@@ -105,8 +106,10 @@ def check_bwrap(settings: Settings) -> CheckResult:
     )
 
 
-def _run_probe_sandbox(settings: Settings) -> ExecutionResult:
+def _run_probe_sandbox(settings: Settings, host: HostProfile) -> ExecutionResult:
     from .engine import Engine
+    from .sandbox import SandboxFactory
+    from .spawner import Spawner
 
     scratch = tempfile.mkdtemp(prefix="sandbox-check-")
     try:
@@ -117,7 +120,8 @@ def _run_probe_sandbox(settings: Settings) -> ExecutionResult:
         request = ExecuteRequest(
             execution_id="startup-check", code="echo sandbox-ok", language="shell", timeout=30
         )
-        return _run_coroutine(Engine(probe).execute_once(request))
+        engine = Engine(probe, SandboxFactory(probe, host, Spawner(probe.python_binary)))
+        return _run_coroutine(engine.execute_once(request))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -197,9 +201,11 @@ def check_dirs(settings: Settings) -> CheckResult:
     return CheckResult("results_dir", True, str(settings.results_dir))
 
 
-def run_checks(settings: Settings, include_results_dir: bool = True) -> list[CheckResult]:
-    """Every start-up check, in order."""
-    results = [check_bwrap(settings), check_workspace(settings), *check_interpreters(settings)]
+def run_checks(
+    settings: Settings, host: HostProfile | None = None, *, include_results_dir: bool = True
+) -> list[CheckResult]:
+    """Every start-up check, in order (``host``: the daemon's own probe, else a fresh one)."""
+    results = [check_bwrap(settings, host), check_workspace(settings), *check_interpreters(settings)]
     if include_results_dir:
         results.append(check_dirs(settings))
     return results

@@ -128,10 +128,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     # structlog and httpx import rich and pygments for terminal output whenever they are
     # installed (a development venv has them for schemathesis); the daemon only writes JSON
-    # logs, and those two are 4 MiB of its idle RSS (issue 7 budget: 60 MiB).
+    # logs, and those two are 4 MiB of its idle RSS (the footprint budget is 60 MiB).
     for name in ("rich", "pygments"):
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
-    from .service_main import serve
+    from .daemon import serve
 
     return serve()
 

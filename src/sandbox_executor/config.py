@@ -1,7 +1,9 @@
 """Daemon configuration, read from the environment (pydantic-settings).
 
 Every setting is documented in README.md; names match the container environment the
-control plane sets (CONTRACT.md section 3) where one exists.
+control plane sets (docs/CONTRACT.md section 3) where one exists. Unknown keyword
+arguments are an error (a misspelt override in code or a test fails loudly); unknown
+environment variables are ignored, since the container environment is full of them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .egress_policy import parse_allowed_hosts
@@ -22,7 +24,7 @@ MIB = 1024 * 1024
 class Settings(BaseSettings):
     """All knobs of the daemon and the CLI."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix="", extra="forbid", populate_by_name=True)
 
     # --- HTTP service -----------------------------------------------------------------
     executor_host: str = Field(
@@ -105,8 +107,11 @@ class Settings(BaseSettings):
     outbox_replay_interval_seconds: float = Field(
         default=30.0, description="How often undelivered results are retried (also at start-up)."
     )
-    heartbeat_interval: float = Field(
-        default=5.0, description="Seconds between heartbeats of a running execution."
+    heartbeat_interval_seconds: float = Field(
+        default=5.0,
+        # The name before every duration carried its unit; still read, the new name wins.
+        validation_alias=AliasChoices("heartbeat_interval_seconds", "heartbeat_interval"),
+        description="Seconds between heartbeats of a running execution (the old name HEARTBEAT_INTERVAL is still read).",
     )
     container_id: str | None = Field(
         default=None,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from importlib import resources
 
-from .sandbox import Mount
+from .bwrap import Mount
 
 RELAY_SOURCE = resources.files("sandbox_executor.bootstrap").joinpath("egress_relay.py").read_text("utf-8")
 RELAY_PORT = 3128

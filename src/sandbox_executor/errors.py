@@ -47,7 +47,7 @@ class ExecutorError(Exception):
         self.retry_after = retry_after
 
     def body(self, request_id: str) -> dict[str, Any]:
-        """The JSON error body of CONTRACT.md section 1 (no null: a missing detail is "")."""
+        """The JSON error body of docs/CONTRACT.md section 1 (no null: a missing detail is "")."""
         return {
             "error_code": self.error_code,
             "description": self.description,
@@ -157,41 +157,3 @@ class SandboxStartError(InternalError):
     """A sandbox could not be started at all (bwrap missing, namespaces refused, fds)."""
 
     error_code = "Executor.SandboxStartError"
-
-
-# Kept while the modules move to the tree above; removed once nothing raises them.
-class ApiError(Exception):
-    """An error answered to the client as JSON with ``status_code`` (being phased out)."""
-
-    def __init__(
-        self,
-        status_code: int,
-        error_code: str,
-        description: str,
-        error_detail: Any = None,
-        solution: str = "",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(description)
-        self.status_code = status_code
-        self.error_code = error_code
-        self.description = description
-        self.error_detail = error_detail
-        self.solution = solution
-        self.headers = headers or {}
-
-    def body(self, request_id: str) -> dict[str, Any]:
-        return {
-            "error_code": self.error_code,
-            "description": self.description,
-            "error_detail": "" if self.error_detail is None else self.error_detail,
-            "solution": self.solution,
-            "request_id": request_id,
-        }
-
-
-def validation_error(description: str, detail: Any = None, solution: str = "") -> ApiError:
-    """400 Executor.ValidationError (being phased out: raise InvalidRequest)."""
-    return ApiError(
-        400, "Executor.ValidationError", description, detail, solution or "Fix the request and retry."
-    )

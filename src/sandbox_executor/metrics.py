@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, get_args
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .models import Language
+
+if TYPE_CHECKING:
+    from .pool import PoolStats
 
 REGISTRY = CollectorRegistry()
 
@@ -35,3 +42,42 @@ REJECTED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+
+# The warm pool (pool.py).
+POOL_SANDBOXES = Gauge(
+    "sandbox_warm_pool_sandboxes",
+    "Pre-started sandboxes waiting for an execution.",
+    ["language"],
+    registry=REGISTRY,
+)
+POOL_READY = Gauge(
+    "sandbox_warm_pool_ready",
+    "Waiting sandboxes whose interpreter is up (blocked on its input pipe).",
+    ["language"],
+    registry=REGISTRY,
+)
+POOL_MEMORY = Gauge(
+    "sandbox_warm_pool_memory_bytes",
+    "Resident memory (sum of VmRSS) of the waiting sandboxes' processes.",
+    registry=REGISTRY,
+)
+POOL_TAKES = Counter(
+    "sandbox_warm_pool_takes_total",
+    "Executions by whether a pre-started sandbox served them (hit) or a cold start (miss).",
+    ["language", "outcome"],
+    registry=REGISTRY,
+)
+POOL_DISCARDS = Counter(
+    "sandbox_warm_pool_discarded_total",
+    "Waiting sandboxes thrown away unused, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+
+
+def record_pool(stats: PoolStats) -> None:
+    """Refresh the pool gauges from ``stats`` (on every /metrics scrape)."""
+    for language in get_args(Language):
+        POOL_SANDBOXES.labels(language).set(stats.languages.get(language, 0))
+        POOL_READY.labels(language).set(stats.ready.get(language, 0))
+    POOL_MEMORY.set(stats.memory_bytes)

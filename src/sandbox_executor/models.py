@@ -43,12 +43,13 @@ class TerminationReason(StrEnum):
     SIGNALED = "signaled"
     TIMEOUT = "timeout"
     MEMORY_LIMIT = "memory_limit"
+    DISK_LIMIT = "disk_limit"
     SANDBOX_ERROR = "sandbox_error"
     SHUTDOWN = "shutdown"
 
 
 class ExecuteRequest(BaseModel):
-    """Body of ``POST /execute`` (CONTRACT.md section 1). Unknown fields are ignored."""
+    """Body of ``POST /execute`` (docs/CONTRACT.md section 1). Unknown fields are ignored."""
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
 
@@ -150,7 +151,7 @@ class ArtifactDetail(BaseModel):
 
 
 class ExecutionResult(BaseModel):
-    """What one execution produced; the callback body of CONTRACT.md section 2 plus extras."""
+    """What one execution produced; the callback body of docs/CONTRACT.md section 2 plus extras."""
 
     status: Status
     exit_code: int
@@ -166,6 +167,19 @@ class ExecutionResult(BaseModel):
     artifact_details: list[ArtifactDetail] = Field(default_factory=list)
     artifacts_truncated: bool = False
     error: str | None = None
+
+    @classmethod
+    def crashed(cls, message: str, reason: TerminationReason, elapsed: float = 0.0) -> ExecutionResult:
+        """A run that never produced a result of its own (sandbox error, shutdown)."""
+        return cls(
+            status=Status.CRASHED,
+            exit_code=-1,
+            stderr=message,
+            execution_time=round(elapsed, 6),
+            metrics=Metrics(duration_ms=round(elapsed * 1000, 3)),
+            termination_reason=reason,
+            error=message,
+        )
 
     def callback_body(self) -> dict[str, Any]:
         """JSON body for the control plane's result route (never NaN/Infinity)."""

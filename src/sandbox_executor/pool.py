@@ -1,11 +1,11 @@
 """Pre-started sandboxes: the warm pool.
 
-A :class:`~sandbox_executor.runner.Sandbox` is started before it knows its request (bwrap +
-interpreter + bootstrap, blocked reading its input pipe). The pool keeps ``WARM_POOL_SIZE``
-of them waiting for every recently used language and hands one to the engine through
-``engine.warm_sandbox_source``, which the engine consults before a cold start. A warm
-sandbox is the very same sandbox the cold path would start (same argv, mounts, limits,
-seccomp, uid); only the moment it is started differs. Each serves exactly one execution.
+A :class:`~sandbox_executor.sandbox.Sandbox` is started before it knows its request (bwrap
++ interpreter + bootstrap, blocked reading its input pipe). The pool keeps
+``WARM_POOL_SIZE`` of them waiting for every recently used language, started by the same
+:class:`~sandbox_executor.sandbox.SandboxFactory` as the cold path (same argv, mounts,
+limits, seccomp, uid: only the moment differs), and is the engine's warm source: the
+engine calls :meth:`WarmPool.take` before a cold start. Each serves exactly one execution.
 
 Rules it keeps:
 
@@ -19,34 +19,28 @@ Rules it keeps:
 * No idle CPU: a waiting interpreter is blocked in read(2); the pool itself has no
   periodic work apart from one timer per warm language that expires it after a long idle.
 * Memory is reported: the RSS of every waiting sandbox's processes, in ``stats()`` (for
-  /health) and in Prometheus gauges (``update_metrics()``, called by /metrics).
+  /health and the Prometheus gauges of /metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import select
 import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, get_args
+from typing import Any, Protocol
 
 import structlog
-from prometheus_client import Counter, Gauge
 
 from .config import Settings
-from .metrics import REGISTRY
+from .metrics import POOL_DISCARDS, POOL_TAKES
 from .models import Language
-
-if TYPE_CHECKING:
-    from .engine import Engine
-    from .runner import Sandbox
+from .proctree import has_exited, process_tree, rss_bytes
+from .sandbox import Sandbox
 
 log = structlog.get_logger(__name__)
-
-LANGUAGES: tuple[Language, ...] = get_args(Language)
 
 # Languages kept warm from the start, and never expired for idleness: the common case.
 DEFAULT_PINNED: tuple[Language, ...] = ("python",)
@@ -64,35 +58,25 @@ BURST_WINDOW_SECONDS = 10.0
 _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 60.0
 
-POOL_SANDBOXES = Gauge(
-    "sandbox_warm_pool_sandboxes",
-    "Pre-started sandboxes waiting for an execution.",
-    ["language"],
-    registry=REGISTRY,
-)
-POOL_READY = Gauge(
-    "sandbox_warm_pool_ready",
-    "Waiting sandboxes whose interpreter is up (blocked on its input pipe).",
-    ["language"],
-    registry=REGISTRY,
-)
-POOL_MEMORY = Gauge(
-    "sandbox_warm_pool_memory_bytes",
-    "Resident memory (sum of VmRSS) of the waiting sandboxes' processes.",
-    registry=REGISTRY,
-)
-POOL_TAKES = Counter(
-    "sandbox_warm_pool_takes_total",
-    "Executions by whether a pre-started sandbox served them (hit) or a cold start (miss).",
-    ["language", "outcome"],
-    registry=REGISTRY,
-)
-POOL_DISCARDS = Counter(
-    "sandbox_warm_pool_discarded_total",
-    "Waiting sandboxes thrown away unused, by reason.",
-    ["reason"],
-    registry=REGISTRY,
-)
+
+class SandboxStarter(Protocol):
+    """Starts a sandbox that waits for its launch message (sandbox.SandboxFactory)."""
+
+    async def start(self, language: Language) -> Sandbox: ...
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """What /health and /metrics report of the pool."""
+
+    warm_sandboxes: int
+    memory_bytes: int
+    languages: dict[Language, int]
+    ready: dict[Language, int]
+    starting: int
+    hits: int
+    misses: int
+    generation: int
 
 
 @dataclass
@@ -125,7 +109,7 @@ class WarmPool:
 
     def __init__(
         self,
-        engine: Engine,
+        sandboxes: SandboxStarter,
         settings: Settings,
         *,
         pinned: Iterable[Language] = DEFAULT_PINNED,
@@ -136,7 +120,7 @@ class WarmPool:
     ) -> None:
         """``size`` overrides ``settings.warm_pool_size`` (sandboxes kept per language);
         ``replace=False`` makes a one-shot pool that starts no successor after a take."""
-        self.engine = engine
+        self.sandboxes = sandboxes
         self.settings = settings
         self.size = settings.warm_pool_size if size is None else size
         self.replace = replace
@@ -159,13 +143,12 @@ class WarmPool:
         return self.size > 0 and not self._closed
 
     async def start(self) -> None:
-        """Plug into the engine and start the pinned languages' sandboxes."""
+        """Start the pinned languages' sandboxes."""
         if self._started:
             return
         self._started = True
         if self.size <= 0:
             return
-        self.engine.warm_sandbox_source = self.take
         now = time.monotonic()
         for language in self._pinned:
             lane = self._lane(language)
@@ -176,8 +159,6 @@ class WarmPool:
     async def aclose(self) -> None:
         """Stop refilling and kill every waiting sandbox (daemon shutdown)."""
         self._closed = True
-        if self.engine.warm_sandbox_source == self.take:
-            self.engine.warm_sandbox_source = None
         for lane in self._lanes.values():
             for timer in (lane.refill_timer, lane.expiry_timer):
                 if timer is not None:
@@ -244,7 +225,7 @@ class WarmPool:
     def _unusable(self, warm: _Warm, fingerprint: tuple[Any, ...]) -> str | None:
         if warm.generation != self._generation:
             return "invalidated"
-        if not warm.sandbox.alive or _has_exited(warm.sandbox):
+        if not warm.sandbox.alive or has_exited(warm.sandbox.pid):
             return "dead"
         if warm.fingerprint != fingerprint:
             # The workspace was remounted or the dependency directory switched under a
@@ -254,19 +235,8 @@ class WarmPool:
 
     def _fingerprint(self) -> tuple[Any, ...]:
         """What a started sandbox has bound at start time and that may change on disk."""
-        workspace = str(self.settings.workspace_dir)
-        try:
-            st = os.stat(workspace)
-            ws: tuple[int, int] | None = (st.st_dev, st.st_ino)
-        except OSError:
-            ws = None
         venv = os.path.realpath(self.settings.sandbox_venv_path)
-        try:
-            vst = os.stat(venv)
-            venv_id: tuple[int, int] | None = (vst.st_dev, vst.st_ino)
-        except OSError:
-            venv_id = None
-        return (ws, venv, venv_id)
+        return (_identity(str(self.settings.workspace_dir)), venv, _identity(venv))
 
     # ------------------------------------------------------------------ refill
     def _lane(self, language: Language) -> _Lane:
@@ -320,7 +290,7 @@ class WarmPool:
         lane = self._lane(language)
         fingerprint = self._fingerprint()
         try:
-            sandbox = await self.engine.start_sandbox(language)
+            sandbox = await self.sandboxes.start(language)
         except Exception as exc:
             self._failed(language, f"start failed: {exc}")
             return
@@ -335,7 +305,7 @@ class WarmPool:
                 self._schedule_refill(language, 0.0)
             return
         exited = sandbox.exited
-        if exited is None or exited.done():
+        if exited.done():
             await sandbox.discard()
             self._failed(language, "exited at start")
             return
@@ -403,8 +373,8 @@ class WarmPool:
             await asyncio.sleep(0.005)
         return False
 
-    def stats(self) -> dict[str, Any]:
-        """Counts and memory for /health: ``warm_sandboxes``, ``memory_bytes`` and details."""
+    def stats(self) -> PoolStats:
+        """Counts and memory for /health and /metrics."""
         per_language = {lang: len(lane.waiting) for lang, lane in self._lanes.items()}
         ready = {
             lang: sum(1 for w in lane.waiting if w.sandbox.interpreter_started)
@@ -413,131 +383,27 @@ class WarmPool:
         memory = 0
         for lane in self._lanes.values():
             for warm in lane.waiting:
-                pid = warm.sandbox.pid
-                if pid is None:
-                    continue
                 pids = warm.pids
                 if pids is None:
-                    pids = process_tree([pid])
+                    pids = process_tree([warm.sandbox.pid])
                     if warm.sandbox.interpreter_started:
                         warm.pids = pids
-                memory += sum(_rss_bytes(pid) for pid in pids)
-        return {
-            "warm_sandboxes": sum(per_language.values()),
-            "memory_bytes": memory,
-            "languages": per_language,
-            "ready": ready,
-            "starting": sum(lane.starting for lane in self._lanes.values()),
-            "hits": self.hits,
-            "misses": self.misses,
-            "generation": self._generation,
-        }
-
-    def update_metrics(self) -> None:
-        """Refresh the pool gauges (called on every /metrics scrape)."""
-        stats = self.stats()
-        for language in LANGUAGES:
-            POOL_SANDBOXES.labels(language).set(stats["languages"].get(language, 0))
-            POOL_READY.labels(language).set(stats["ready"].get(language, 0))
-        POOL_MEMORY.set(stats["memory_bytes"])
+                memory += sum(rss_bytes(pid) for pid in pids)
+        return PoolStats(
+            warm_sandboxes=sum(per_language.values()),
+            memory_bytes=memory,
+            languages=dict(per_language),
+            ready=ready,
+            starting=sum(lane.starting for lane in self._lanes.values()),
+            hits=self.hits,
+            misses=self.misses,
+            generation=self._generation,
+        )
 
 
-def _has_exited(sandbox: Sandbox) -> bool:
-    """Whether bwrap is already dead though the event loop has not noticed yet.
-
-    A pidfd turns readable when its process exits, whoever its parent is (the daemon or a
-    spawner helper); polling it neither reaps nor disturbs the sandbox's own exit watch.
-    """
-    pid = sandbox.pid
-    if pid is None:
-        return True
+def _identity(path: str) -> tuple[int, int] | None:
     try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
+        st = os.stat(path)
     except OSError:
-        return False  # cannot tell (no pidfd support): trust the exit future
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------- memory
-def _rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def _children_of(pid: int) -> list[int] | None:
-    """Direct children from /proc/PID/task/*/children (None if the kernel lacks the file)."""
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return []
-    kids: list[int] = []
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                kids.extend(int(x) for x in f.read().split())
-        except FileNotFoundError:
-            return None
-        except OSError:
-            continue
-    return kids
-
-
-def _parent_map() -> dict[int, list[int]]:
-    """ppid -> children for every process (fallback without CONFIG_PROC_CHILDREN)."""
-    tree: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: parse after the last ')'.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1:
-            tree.setdefault(int(fields[1]), []).append(int(entry))
-    return tree
-
-
-def process_tree(roots: Iterable[int]) -> list[int]:
-    """``roots`` and all their descendants (/proc/PID/task/*/children, else a /proc walk)."""
-    tree: dict[int, list[int]] | None = None
-    found: list[int] = []
-    seen: set[int] = set()
-    stack = list(roots)
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        found.append(pid)
-        kids = _children_of(pid) if tree is None else None
-        if kids is None:
-            if tree is None:
-                tree = _parent_map()
-            kids = tree.get(pid, [])
-        stack.extend(kids)
-    return found
-
-
-def process_tree_rss(roots: Iterable[int]) -> int:
-    """Sum of VmRSS (bytes) of ``roots`` and all their descendants.
-
-    Shared pages (the interpreter's libraries) count once per process, as RSS does: an
-    upper bound of what the pool costs.
-    """
-    return sum(_rss_bytes(pid) for pid in process_tree(roots))
+        return None
+    return (st.st_dev, st.st_ino)

@@ -1,8 +1,11 @@
 """Per-language launch: the interpreter command and the message that starts user code.
 
-Every sandbox starts its interpreter with a bootstrap that blocks on fd 3 for a launch
-message; this keeps code and event off argv and environment (no size limits) and lets a
-pre-started sandbox take a request later (the warm pool).
+Every sandbox starts its interpreter with a bootstrap that blocks on its input pipe for a
+launch message; this keeps code and event off argv and environment (no size limits) and
+lets a pre-started sandbox take a request later (the warm pool). The python and node
+bootstraps are files given by name (``bootstraps.py``); the shell one is this module's
+one-liner. Every bootstrap's argv is: input fd, result fd, start marker, and (python,
+shell) the sandbox's process cap.
 """
 
 from __future__ import annotations
@@ -11,11 +14,10 @@ import json
 import shlex
 import shutil
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 from .config import Settings
-from .models import Language
+from .models import ExecuteRequest, Language
 
 SANDBOX_VENV_MOUNT = "/opt/sandbox-venv"
 SHELL_EVENT_FILE = "/tmp/event.json"
@@ -24,18 +26,16 @@ SHELL_EVENT_FILE = "/tmp/event.json"
 # is bwrap's own failure (a missing workspace, no namespaces), never the user's code.
 STARTED_MARKER = b"R"
 PYTHON_EXTRA_PATHS = ("/usr/lib/python3/dist-packages",)
+# Descriptor numbers inside every sandbox, whatever numbers the daemon's own copies have:
+# the launch message comes in on INPUT_FD, the outcome goes out on RESULT_FD, and the
+# python or node bootstrap program is /dev/fd/BOOTSTRAP_FD (bwrap's own follow).
+INPUT_FD, RESULT_FD, BOOTSTRAP_FD = 3, 4, 5
 
 
-def _bootstrap(name: str) -> str:
-    return resources.files("sandbox_executor.bootstrap").joinpath(name).read_text("utf-8")
-
-
-PYTHON_BOOTSTRAP = _bootstrap("python_bootstrap.py")
-NODE_BOOTSTRAP = _bootstrap("node_bootstrap.js")
-# Reads the launch script from fd 3 (exports + event file + user code) and runs it as the
-# script itself, so `exit`, `$LINENO` and errors behave as in a plain bash script.
+# Reads the launch script from its input fd (exports + event file + user code) and runs it
+# as the script itself, so `exit`, `$LINENO` and errors behave as in a plain bash script.
 SHELL_BOOTSTRAP = (
-    f'ulimit -u "$3" || exit 126; printf {STARTED_MARKER.decode()} >&"$2"; eval "exec $2>&-"; '
+    'ulimit -u "$4" || exit 126; printf %s "$3" >&"$2"; eval "exec $2>&-"; '
     'exec bash --noprofile --norc "/dev/fd/$1"'
 )
 
@@ -53,24 +53,47 @@ class LaunchJob:
     max_return_bytes: int
 
 
-def interpreter_command(language: Language, settings: Settings, input_fd: int, result_fd: int) -> list[str]:
+def job_from_request(request: ExecuteRequest, settings: Settings) -> LaunchJob:
+    """The launch job for a validated request, with limits clamped to the daemon's maxima."""
+    return LaunchJob(
+        execution_id=request.execution_id,
+        language=request.language,
+        code=request.code,
+        event=request.effective_event(),
+        env=dict(request.env_vars),
+        timeout=settings.clamp_timeout(request.timeout),
+        max_return_bytes=settings.max_return_value_bytes,
+    )
+
+
+def interpreter_command(
+    language: Language, settings: Settings, input_fd: int, result_fd: int, bootstrap: str
+) -> list[str]:
     """The command run inside the sandbox, before any request is known.
 
-    ``input_fd`` carries the launch message in; ``result_fd`` the handler's outcome out.
-    Every command first lowers its own RLIMIT_NPROC to ``pids_limit``: set inside the
-    sandbox's user namespace, that cap counts this sandbox's processes only (see
-    runner.Limits.pids_total for the looser cap over all of them).
+    ``input_fd`` carries the launch message in; ``result_fd`` the handler's outcome out;
+    ``bootstrap`` names the python or node bootstrap file. Every command first lowers its
+    own RLIMIT_NPROC to ``pids_limit``: set inside the sandbox's user namespace, that cap
+    counts this sandbox's processes only (see limits.Limits.pids_total for the looser cap
+    over all of them).
     """
     pids = str(settings.pids_limit)
-    fds = [str(input_fd), str(result_fd)]
+    args = [str(input_fd), str(result_fd), STARTED_MARKER.decode()]
     if language == "python":
-        # -I: ignore PYTHON* variables and user site; -S: skip site (3-5 ms of start-up; the
-        # bootstrap adds the paths it needs); -u: unbuffered, so output before a timeout
-        # is kept; -B: no .pyc writes into the workspace.
-        return [settings.python_binary, "-I", "-S", "-u", "-B", "-c", PYTHON_BOOTSTRAP, *fds, pids]
+        # -I: ignore PYTHON* variables and user site, no script directory on sys.path; -S:
+        # skip site (3-5 ms of start-up; the bootstrap adds the paths it needs); -u:
+        # unbuffered, so output before a timeout is kept; -B: no .pyc writes anywhere.
+        return [settings.python_binary, "-I", "-S", "-u", "-B", bootstrap, *args, pids]
     if language == "javascript":
         heap_mb = max(32, settings.memory_limit_mb * 3 // 4)
-        node = [settings.node_binary, f"--max-old-space-size={heap_mb}", "-e", NODE_BOOTSTRAP, *fds]
+        # The bootstrap's name is /dev/fd/N: resolving it to its target would lose it.
+        node = [
+            settings.node_binary,
+            f"--max-old-space-size={heap_mb}",
+            "--preserve-symlinks-main",
+            bootstrap,
+        ]
+        node += args
         # node has no setrlimit(): util-linux prlimit sets it and execs node (about 1 ms).
         prlimit = shutil.which("prlimit", path="/usr/bin:/bin")
         if prlimit is not None:
@@ -78,7 +101,7 @@ def interpreter_command(language: Language, settings: Settings, input_fd: int, r
         wrapper = f'ulimit -u {pids} && exec "$@"'
         return [settings.bash_binary, "--noprofile", "--norc", "-c", wrapper, "bash", *node]
     if language == "shell":
-        return [settings.bash_binary, "--noprofile", "--norc", "-c", SHELL_BOOTSTRAP, "bash", *fds, pids]
+        return [settings.bash_binary, "--noprofile", "--norc", "-c", SHELL_BOOTSTRAP, "bash", *args, pids]
     raise ValueError(f"unsupported language {language!r}")
 
 

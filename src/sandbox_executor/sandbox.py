@@ -1,188 +1,264 @@
-"""The bwrap command line, as a pure function of a :class:`SandboxSpec`.
+"""A running execution sandbox: started before it knows its request, serves exactly one.
 
-Nothing here touches the file system or the process table: the caller inspects the host
-once (:func:`host_system_mounts`) and passes plain data in, so the argv can be unit-tested
-exactly.
+:class:`SandboxFactory` starts one (bwrap + interpreter + bootstrap, blocked reading its
+input pipe); :meth:`Sandbox.run` hands it a job, enforces the deadline, and turns what it
+observed into an :class:`ExecutionResult` (the verdict itself is ``outcome.py``'s). The
+cold path starts one and hands over at once; the warm pool (``pool.py``) starts them ahead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from typing import Any
 
-# Directories the interpreters need, bound read-only when they exist as real directories;
-# on a merged-/usr system /bin, /lib... are symlinks into /usr and are recreated as such.
-SYSTEM_DIRS: tuple[str, ...] = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-
-# The only host /etc entries a sandbox sees: dynamic linker cache, TLS trust store, time zone.
-ETC_ENTRIES: tuple[str, ...] = (
-    "/etc/ld.so.cache",
-    "/etc/ld.so.conf",
-    "/etc/ld.so.conf.d",
-    "/etc/ssl/certs",
-    "/etc/ca-certificates.conf",
-    "/etc/localtime",
-    "/etc/timezone",
-    "/etc/alternatives",
+from . import artifacts
+from .bootstraps import Bootstraps
+from .bwrap import Mount, build_bwrap_argv, renumbered
+from .capture import BoundedCapture
+from .config import Settings
+from .host import HostProfile
+from .models import ExecutionResult, Language, Metrics
+from .outcome import RunFacts, Tripped, classify
+from .process import Launch, SandboxProcess
+from .runtimes import (
+    BOOTSTRAP_FD,
+    INPUT_FD,
+    RESULT_FD,
+    SANDBOX_VENV_MOUNT,
+    STARTED_MARKER,
+    LaunchJob,
+    base_environment,
+    interpreter_command,
+    launch_message,
+    uses_result_channel,
 )
-
-SANDBOX_WORKDIR = "/workspace"
-
-
-@dataclass(frozen=True)
-class Mount:
-    """One filesystem entry of the sandbox: ``kind`` is ro-bind, bind, symlink or dir."""
-
-    kind: str
-    source: str
-    dest: str
+from .spawner import Spawner, Usage
 
 
-@dataclass(frozen=True)
-class SandboxSpec:
-    """Everything that decides the sandbox's shape."""
+class Sandbox:
+    """One started sandbox, waiting on its input pipe for exactly one execution."""
 
-    command: Sequence[str]
-    workspace: str
-    bwrap_path: str = "bwrap"
-    system_mounts: Sequence[Mount] = ()
-    extra_mounts: Sequence[Mount] = ()
-    env: Sequence[tuple[str, str]] = ()
-    tmpfs_size_bytes: int = 256 * 1024 * 1024
-    network: bool = False
-    disable_userns: bool = True
-    seccomp_fd: int | None = None
-    info_fd: int | None = None
-    hostname: str = "sandbox"
-    workdir: str = SANDBOX_WORKDIR
-    extra_env_clear: bool = True
-    data_files: Sequence[tuple[int, str]] = field(default_factory=tuple)
-    # The command itself is the PID namespace's init (no bwrap reaper in between): bwrap
-    # then waitpid()s it, so wait4() on bwrap carries the rusage of the whole tree, and
-    # bwrap exits only after the kernel has reaped every process of the namespace.
-    as_pid_1: bool = True
+    def __init__(
+        self,
+        language: Language,
+        settings: Settings,
+        process: SandboxProcess,
+        *,
+        input_w: int,
+        stdin_w: int,
+        stdout: BoundedCapture,
+        stderr: BoundedCapture,
+        result: BoundedCapture,
+        limit_watch: Callable[[], Tripped] | None = None,
+    ) -> None:
+        """``limit_watch`` tells, once the run is over, which limits a watcher outside
+        the sandbox saw tripped (a cgroup's OOM count, a workspace write cap)."""
+        self.language = language
+        self.settings = settings
+        self.process = process
+        self.started_at = time.monotonic()
+        self._input_w: int | None = input_w
+        self._stdin_w: int | None = stdin_w
+        self._stdout = stdout
+        self._stderr = stderr
+        self._result = result
+        self._limit_watch = limit_watch
+        self.used = False
 
-    def inherited_fds(self) -> list[int]:
-        """Descriptors bwrap must inherit from its parent for this spec."""
-        fds = [fd for fd, _ in self.data_files]
-        fds += [fd for fd in (self.info_fd, self.seccomp_fd) if fd is not None]
-        return fds
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.alive
+
+    @property
+    def exited(self) -> asyncio.Future[tuple[int, Usage | None]]:
+        """Resolves with (returncode, rusage) once bwrap is reaped."""
+        return self.process.exited
+
+    @property
+    def interpreter_started(self) -> bool:
+        """Whether the bootstrap inside is running (it wrote STARTED_MARKER; for the pool)."""
+        return self._result.data().startswith(STARTED_MARKER)
+
+    async def kill(self) -> None:
+        await self.process.kill()
+
+    async def discard(self) -> None:
+        """Kill an unused sandbox and release its descriptors."""
+        await self.process.kill()
+        self._close_writers()
+        self.process.close()
+
+    def _close_writers(self) -> None:
+        for fd in (self._input_w, self._stdin_w):
+            if fd is not None:
+                os.close(fd)
+        self._input_w = self._stdin_w = None
+
+    async def run(self, job: LaunchJob, stdin: str | None, workspace: str) -> ExecutionResult:
+        """Hand ``job`` to the waiting interpreter and collect the outcome."""
+        assert not self.used, "a sandbox serves exactly one execution"
+        self.used = True
+        before = await artifacts.snapshot_soon(workspace, self.settings.artifact_max_files)
+        started = time.monotonic()
+        started_wall_ns = time.time_ns()
+        feeders = [
+            asyncio.ensure_future(_feed(self._input_w, launch_message(job))),
+            asyncio.ensure_future(_feed(self._stdin_w, (stdin or "").encode("utf-8", "surrogatepass"))),
+        ]
+        self._input_w = self._stdin_w = None
+        timed_out = False
+        try:
+            returncode, usage = await asyncio.wait_for(asyncio.shield(self.exited), job.timeout)
+        except TimeoutError:
+            timed_out = True
+            await self.process.kill()
+            returncode, usage = self.exited.result()
+        elapsed = time.monotonic() - started
+        for feeder in feeders:
+            feeder.cancel()
+        await self.process.drain([self._stdout, self._stderr, self._result])
+        after = await artifacts.snapshot_soon(workspace, self.settings.artifact_max_files)
+        changes = artifacts.changed_files(before, after, started_wall_ns)
+        cap = self.settings.artifact_max_reported
+        details = (
+            await asyncio.get_running_loop().run_in_executor(
+                None, artifacts.describe, workspace, changes[:cap], self.settings.artifact_max_hash_bytes
+            )
+            if changes
+            else []
+        )
+        raw = self._result.data()
+        started_inner = raw.startswith(STARTED_MARKER)
+        verdict = classify(
+            RunFacts(
+                returncode=returncode,
+                timed_out=timed_out,
+                timeout_seconds=job.timeout,
+                started=started_inner,
+                stderr=self._stderr.data().decode("utf-8", "replace"),
+                uses_channel=uses_result_channel(self.language),
+                channel=raw[len(STARTED_MARKER) :] if started_inner else b"",
+                channel_truncated=self._result.truncated,
+                tripped=self._limit_watch() if self._limit_watch else Tripped.NONE,
+            )
+        )
+        return ExecutionResult(
+            status=verdict.status,
+            exit_code=verdict.exit_code,
+            stdout=self._stdout.data().decode("utf-8", "replace"),
+            stderr=verdict.stderr,
+            execution_time=round(elapsed, 6),
+            return_value=verdict.return_value,
+            metrics=_metrics(elapsed, usage),
+            artifacts=[d.path for d in details],
+            artifact_details=details,
+            artifacts_truncated=before.truncated or after.truncated or len(changes) > cap,
+            termination_reason=verdict.termination_reason,
+            stdout_truncated=self._stdout.truncated,
+            stderr_truncated=self._stderr.truncated,
+            error=verdict.error,
+        )
 
 
-def build_bwrap_argv(spec: SandboxSpec) -> list[str]:
-    """Return the full argv (bwrap and the sandboxed command) for ``spec``."""
-    argv: list[str] = [spec.bwrap_path]
-    argv += ["--unshare-all", "--unshare-user"]
-    if spec.network:
-        argv.append("--share-net")
-    argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    if spec.disable_userns:
-        argv.append("--disable-userns")
-    if spec.as_pid_1:
-        argv.append("--as-pid-1")
-    argv += ["--hostname", spec.hostname]
-    if spec.info_fd is not None:
-        argv += ["--info-fd", str(spec.info_fd)]
-    if spec.seccomp_fd is not None:
-        argv += ["--seccomp", str(spec.seccomp_fd)]
-    for mount in (*spec.system_mounts, *spec.extra_mounts):
-        argv += _mount_args(mount)
-    for fd, dest in spec.data_files:
-        argv += ["--ro-bind-data", str(fd), dest]
-    argv += ["--proc", "/proc", "--dev", "/dev"]
-    argv += ["--size", str(spec.tmpfs_size_bytes), "--tmpfs", "/tmp"]
-    # bwrap's /dev is a tmpfs of its own, owned by the sandbox and unbounded (half the
-    # host's RAM): POSIX shared memory gets a bounded /dev/shm and /dev itself turns
-    # read-only below.
-    argv += ["--size", str(spec.tmpfs_size_bytes), "--tmpfs", "/dev/shm"]
-    argv += ["--bind", spec.workspace, SANDBOX_WORKDIR]
-    # The root is a bwrap-made tmpfs: make it read-only so only /tmp, /dev/shm and
-    # /workspace take writes (all bounded), never an unbounded in-memory root.
-    argv += ["--remount-ro", "/", "--remount-ro", "/dev"]
-    argv += ["--chdir", spec.workdir]
-    if spec.extra_env_clear:
-        argv.append("--clearenv")
-    for name, value in spec.env:
-        argv += ["--setenv", name, value]
-    argv.append("--")
-    argv += list(spec.command)
-    return argv
+class SandboxFactory:
+    """Starts execution sandboxes: the host profile, the spawner helper and the bootstrap
+    programs, wired once."""
+
+    def __init__(self, settings: Settings, host: HostProfile, spawner: Spawner) -> None:
+        self.settings = settings
+        self.host = host
+        self.spawner = spawner
+        self._bootstraps: Bootstraps | None = None
+
+    @property
+    def bootstraps(self) -> Bootstraps:
+        if self._bootstraps is None:
+            self._bootstraps = Bootstraps.load(self.settings.python_binary)
+        return self._bootstraps
+
+    async def start(self, language: Language) -> Sandbox:
+        """Start a sandbox for ``language`` that waits for its launch message."""
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        res_r, res_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+        if self.host.run_as is not None:
+            # bash reopens its script as /dev/fd/N, which checks the pipe inode's owner.
+            os.fchown(in_r, *self.host.run_as)
+        # The child's descriptor number -> ours.
+        fds = {0: stdin_r, 1: out_w, 2: err_w, INPUT_FD: in_r, RESULT_FD: res_w}
+        launch = self._launch(language, fds)
+        process = await SandboxProcess.spawn(self.spawner, launch, ours=[in_w, res_r, out_r, err_r, stdin_w])
+        settings = self.settings
+        cap = settings.max_output_bytes
+        return Sandbox(
+            language,
+            settings,
+            process,
+            input_w=in_w,
+            stdin_w=stdin_w,
+            stdout=await process.capture(out_r, cap),
+            stderr=await process.capture(err_r, cap),
+            result=await process.capture(res_r, settings.max_return_value_bytes + 64 * 1024),
+        )
+
+    def _launch(self, language: Language, fds: dict[int, int]) -> Launch:
+        settings, host = self.settings, self.host
+        program = f"/dev/fd/{BOOTSTRAP_FD}"
+        command = interpreter_command(language, settings, INPUT_FD, RESULT_FD, program)
+        lent = self.bootstraps.lent(language, BOOTSTRAP_FD)
+        env = base_environment(settings, language)
+        workspace = str(settings.workspace_dir)
+        rlimits = host.limits.rlimits(namespaced=host.isolated)
+        if not host.isolated:
+            env_map = dict(env)
+            return Launch(command, fds, lent, env=env_map, cwd=workspace, run_as=host.run_as, rlimits=rlimits)
+        info_r, info_w = os.pipe2(os.O_CLOEXEC)
+        venv = Mount("ro-bind-try", os.path.realpath(settings.sandbox_venv_path), SANDBOX_VENV_MOUNT)
+        spec = host.spec(command=command, workspace=workspace, env=env, extra_mounts=[venv], info_fd=info_w)
+        spec, spec_fds = renumbered(spec, BOOTSTRAP_FD + 1)
+        fds.update(spec_fds)
+        argv = build_bwrap_argv(spec)
+        return Launch(argv, fds, lent, run_as=host.run_as, rlimits=rlimits, info_fd=info_r)
+
+    async def aclose(self) -> None:
+        """Stop the spawner helper (its sandboxes die with it); release the bootstraps."""
+        await self.spawner.aclose()
+        if self._bootstraps is not None:
+            self._bootstraps.close()
+            self._bootstraps = None
 
 
-def _mount_args(mount: Mount) -> list[str]:
-    if mount.kind == "ro-bind":
-        return ["--ro-bind", mount.source, mount.dest]
-    if mount.kind == "ro-bind-try":
-        return ["--ro-bind-try", mount.source, mount.dest]
-    if mount.kind == "bind":
-        return ["--bind", mount.source, mount.dest]
-    if mount.kind == "symlink":
-        return ["--symlink", mount.source, mount.dest]
-    if mount.kind == "dir":
-        return ["--dir", mount.dest]
-    raise ValueError(f"unknown mount kind {mount.kind!r}")
-
-
-def host_system_mounts(etc_overlays: Sequence[Mount] = ()) -> list[Mount]:
-    """Inspect the host once: read-only system directories, the few /etc files, overlays.
-
-    ``etc_overlays`` replace host files (a synthetic /etc/passwd naming only the sandbox
-    user, so the host's accounts stay invisible).
-    """
-    mounts: list[Mount] = []
-    for path in SYSTEM_DIRS:
-        if os.path.islink(path):
-            mounts.append(Mount("symlink", os.readlink(path), path))
-        elif os.path.isdir(path):
-            mounts.append(Mount("ro-bind", path, path))
-    for path in ETC_ENTRIES:
-        if os.path.lexists(path):
-            # ro-bind follows a symlinked source (e.g. /etc/localtime -> zoneinfo), which is
-            # what we want: the sandbox gets the file, not a dangling link.
-            if os.path.exists(path):
-                mounts.append(Mount("ro-bind", path, path))
-    mounts.extend(etc_overlays)
-    return mounts
-
-
-def bwrap_supports(bwrap_help: str, option: str) -> bool:
-    """Whether the installed bwrap lists ``option`` in its --help text."""
-    return option in bwrap_help
-
-
-def installed_bwrap_supports(bwrap_path: str, option: str) -> bool:
-    """Inspect the host once: does the bwrap at ``bwrap_path`` have ``option``?"""
-    import shutil
-    import subprocess
-
-    bwrap = shutil.which(bwrap_path) or bwrap_path
+async def _feed(fd: int | None, data: bytes) -> None:
+    if fd is None:
+        return
+    loop = asyncio.get_running_loop()
+    pipe = os.fdopen(fd, "wb", buffering=0)
     try:
-        help_text = subprocess.run(
-            [bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        help_text = ""
-    return bwrap_supports(help_text, option)
+        transport, _ = await loop.connect_write_pipe(asyncio.Protocol, pipe)
+    except OSError:
+        pipe.close()
+        return
+    # The transport writes what the pipe takes now and the rest as the reader drains it;
+    # close() sends EOF (which starts the code) only after the last byte. A reader that
+    # dies first makes the write fail with EPIPE, which closes the transport.
+    transport.write(data)
+    transport.close()
 
 
-def load_seccomp_program() -> bytes | None:
-    """The sandboxes' seccomp program, or None (loudly) where libseccomp is missing."""
-    try:
-        from . import seccomp
-
-        return seccomp.build_program()
-    except (ImportError, OSError) as exc:
-        # Namespaces and dropped capabilities still hold; the second wall is missing.
-        import structlog
-
-        structlog.get_logger(__name__).warning("seccomp_unavailable", error=str(exc))
-        return None
-
-
-def memfd_with(name: str, data: bytes) -> int:
-    """A close-on-exec memfd holding ``data``, at offset 0: a single-use bwrap data file."""
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
-    os.write(fd, data)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
+def _metrics(elapsed: float, usage: Any) -> Metrics:
+    metrics = Metrics(duration_ms=round(elapsed * 1000, 3))
+    if usage is not None:
+        metrics.cpu_time_ms = round((usage.ru_utime + usage.ru_stime) * 1000, 3)
+        metrics.peak_memory_mb = round(usage.ru_maxrss / 1024, 3)
+        metrics.io_read_bytes = int(usage.ru_inblock) * 512
+        metrics.io_write_bytes = int(usage.ru_oublock) * 512
+    return metrics

@@ -20,17 +20,27 @@ import structlog
 
 from . import metrics
 from .config import Settings
-from .engine import Engine
-from .errors import ApiError
+from .errors import Conflict, QueueFull, ShuttingDown
 from .models import ExecuteRequest, ExecutionResult, TerminationReason
-from .runner import crashed_result
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
+    from .control_plane import DeliveryStats
+    from .dependencies import SyncRequest
+    from .pool import PoolStats
+
 log = structlog.get_logger(__name__)
 
 State = Literal["queued", "running", "completed"]
+
+
+class Executor(Protocol):
+    """Runs one request to its result (engine.Engine)."""
+
+    last_start_error: str | None
+
+    async def execute(self, request: ExecuteRequest) -> ExecutionResult: ...
 
 
 class Reporter(Protocol):
@@ -41,6 +51,20 @@ class Reporter(Protocol):
     ) -> None: ...
 
     def heartbeat(self, execution_id: str) -> AbstractAsyncContextManager[None]: ...
+
+    def stats(self) -> DeliveryStats: ...
+
+
+class PoolView(Protocol):
+    """The warm pool as /health and /metrics see it (pool.WarmPool)."""
+
+    def stats(self) -> PoolStats: ...
+
+
+class Dependencies(Protocol):
+    """Installs the session's packages (dependencies.DependencyManager)."""
+
+    async def sync(self, request: SyncRequest) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -76,17 +100,25 @@ class ExecutionRecord:
 class ExecutionService:
     """Bounded queue + worker slots + bounded history of executions."""
 
-    def __init__(self, settings: Settings, engine: Engine, reporter: Reporter | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Executor,
+        reporter: Reporter | None = None,
+        *,
+        pool: PoolView | None = None,
+        dependencies: Dependencies | None = None,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.reporter = reporter
+        self.pool = pool
+        self.dependencies = dependencies
         self.records: OrderedDict[str, ExecutionRecord] = OrderedDict()
         self._queue: asyncio.Queue[ExecutionRecord] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self.shutting_down = False
         self.started_at = time.monotonic()
-        self.pool: Any = None  # the warm pool (pool.py), when enabled
-        self.dependencies: Any = None  # DependencyManager (dependencies.py)
         self._finishing: set[asyncio.Future[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -113,7 +145,7 @@ class ExecutionService:
             if record.result is None:
                 elapsed = time.monotonic() - record.started_at if record.started_at else 0.0
                 message = "Execution aborted: the executor is shutting down"
-                await self._finish(record, crashed_result(message, reason, elapsed))
+                await self._finish(record, ExecutionResult.crashed(message, reason, elapsed))
                 aborted.append(record)
         return aborted
 
@@ -122,34 +154,18 @@ class ExecutionService:
         """Accept ``request`` (or find its earlier acceptance). Returns (record, created)."""
         if self.shutting_down:
             metrics.REJECTED.labels("shutting_down").inc()
-            raise ApiError(
-                503,
-                "Executor.ShuttingDown",
-                "The executor is shutting down.",
-                solution="Retry on another executor.",
-                headers={"Retry-After": "5"},
-            )
+            raise ShuttingDown("The executor is shutting down.", retry_after=5)
         fingerprint = request.fingerprint()
         existing = self.records.get(request.execution_id)
         if existing is not None:
             if existing.fingerprint == fingerprint:
                 return existing, False
             metrics.REJECTED.labels("conflict").inc()
-            raise ApiError(
-                409,
-                "Executor.Conflict",
-                f"Execution {request.execution_id} already exists with a different payload.",
-                solution="Use a new execution_id for a different request.",
-            )
+            raise Conflict(f"Execution {request.execution_id} already exists with a different payload.")
         if self._queue.qsize() >= self.settings.max_queued_executions:
             metrics.REJECTED.labels("queue_full").inc()
-            raise ApiError(
-                503,
-                "Executor.QueueFull",
-                f"The queue is full ({self.settings.max_queued_executions} waiting).",
-                solution="Retry after the delay in Retry-After.",
-                headers={"Retry-After": "1"},
-            )
+            limit = self.settings.max_queued_executions
+            raise QueueFull(f"The queue is full ({limit} waiting).", retry_after=1)
         record = ExecutionRecord(request=request, fingerprint=fingerprint)
         self._prune()
         self.records[request.execution_id] = record
@@ -215,7 +231,8 @@ class ExecutionService:
         except Exception as exc:
             log.exception("execution_internal_error")
             message = f"internal executor error: {type(exc).__name__}"
-            await self._finish_shielded(record, crashed_result(message, TerminationReason.SANDBOX_ERROR))
+            crashed = ExecutionResult.crashed(message, TerminationReason.SANDBOX_ERROR)
+            await self._finish_shielded(record, crashed)
         finally:
             metrics.ACTIVE.dec()
 

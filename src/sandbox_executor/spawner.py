@@ -17,14 +17,14 @@ import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 log = structlog.get_logger(__name__)
 
-SPAWNER_SOURCE = resources.files("sandbox_executor.bootstrap").joinpath("spawner_main.py").read_text("utf-8")
+SPAWNER_PROGRAM = str(Path(__file__).with_name("bootstrap") / "spawner_main.py")
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class Spawner:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = subprocess.Popen(
-                [self.python_binary, "-I", "-S", "-c", SPAWNER_SOURCE, str(theirs.fileno())],
+                [self.python_binary, "-I", "-S", SPAWNER_PROGRAM, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,

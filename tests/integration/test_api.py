@@ -1,4 +1,4 @@
-"""The HTTP service against a real daemon subprocess (issue 3)."""
+"""The HTTP service against a real daemon subprocess."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def wait_result(client: httpx.Client, execution_id: str, timeout: float = 30) ->
 
 
 def test_control_plane_exact_request_gets_parseable_200(client: httpx.Client) -> None:
-    # The body and headers the control plane sends (CONTRACT.md section 1), plus an
+    # The body and headers the control plane sends (docs/CONTRACT.md section 1), plus an
     # unknown field that must be ignored.
     body = {
         "execution_id": "exec_20260101120000_0123abcd",

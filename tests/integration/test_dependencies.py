@@ -114,7 +114,6 @@ def settings(base: Path) -> Settings:
         workspace_path=str(base / "ws"),
         sandbox_venv_path=base / "venv",
         results_dir=base / "results",
-        state_dir=base / "state",
         dependency_install_timeout_seconds=60,
     )
 

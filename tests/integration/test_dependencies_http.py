@@ -57,7 +57,7 @@ def client(server: RunningServer) -> Iterator[httpx.Client]:
 def sync(
     client: httpx.Client, index: LocalIndex, deps: list[str], mode: str = "replace", **extra: Any
 ) -> httpx.Response:
-    # Exactly what the control plane sends (CONTRACT.md section 1), plus an unknown field.
+    # Exactly what the control plane sends (docs/CONTRACT.md section 1), plus an unknown field.
     body = {
         "session_id": "sess_abc",
         "language_runtime": "python3.11",

@@ -1,7 +1,7 @@
 """The control plane's start command, ``python -m executor.interfaces.http.rest``, runs our daemon.
 
 Started as the control plane does it (from the directory holding ``executor/``, with it on
-PYTHONPATH and the CONTRACT.md section 3 environment), against a fake control plane on
+PYTHONPATH and the docs/CONTRACT.md section 3 environment), against a fake control plane on
 loopback: the daemon answers /health and /execute, announces itself, and on SIGTERM reports
 ``containers/exited`` with 143. The container-level version of this (root + gosu) is in
 ``make image-test``.

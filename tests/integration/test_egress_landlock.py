@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sandbox_executor.config import Settings
-from sandbox_executor.dependencies import PipJob, PipRunner
+from sandbox_executor.dependencies.pip_sandbox import PipJob, PipRunner
 from sandbox_executor.egress_policy import policy_for
 from sandbox_executor.egress_proxy import EgressProxy
 from sandbox_executor.egress_wiring import loopback_proxy_url

@@ -17,7 +17,7 @@ import pytest
 from sandbox_executor.config import Settings
 from sandbox_executor.dependencies import DependencyManager, SyncRequest
 from sandbox_executor.engine import Engine
-from sandbox_executor.errors import ApiError
+from sandbox_executor.errors import InstallFailed
 from sandbox_executor.models import ExecuteRequest
 from tests.support.egress_pip import ProxiedPipRunner, socket_dir
 from tests.support.listeners import RecordingListener
@@ -209,18 +209,18 @@ async def test_by_default_the_sdist_is_refused_and_named(base: Path, pip_runtime
         )
         manager, runner = manager_for(settings_for(base), base, pip_runtime_root)
         try:
-            with pytest.raises(ApiError) as caught:
+            with pytest.raises(InstallFailed) as caught:
                 await manager.sync(SyncRequest(python_package_index_url=index.url, dependencies=["evil-pkg"]))
-            assert caught.value.status_code == 422
+            assert caught.value.error_code == "Executor.DependencyInstallFailed"
             missing = runner.missing_wheel
             assert missing is not None and (missing.name, missing.required_by) == ("evil-pkg", None)
             # The same sdist as a dependency of a wheel.
-            with pytest.raises(ApiError) as caught:
+            with pytest.raises(InstallFailed) as caught:
                 await manager.sync(SyncRequest(python_package_index_url=index.url, dependencies=["alpha"]))
         finally:
             await manager.aclose()
-        assert caught.value.status_code == 422
-        assert "No matching distribution found for evil-pkg" in str(caught.value.error_detail)
+        assert caught.value.error_code == "Executor.DependencyInstallFailed"
+        assert "No matching distribution found for evil-pkg" in str(caught.value.detail)
         missing = runner.missing_wheel
         assert missing is not None
         assert (missing.name, missing.required_by, missing.source_only) == ("evil-pkg", "alpha", True)
@@ -232,7 +232,7 @@ async def test_by_default_the_sdist_is_refused_and_named(base: Path, pip_runtime
         # A project that does not exist is not blamed on wheels.
         manager, runner = manager_for(settings_for(base), base, pip_runtime_root)
         try:
-            with pytest.raises(ApiError):
+            with pytest.raises(InstallFailed):
                 await manager.sync(SyncRequest(python_package_index_url=index.url, dependencies=["nosuch"]))
         finally:
             await manager.aclose()

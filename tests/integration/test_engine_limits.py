@@ -30,7 +30,7 @@ async def _assert_timeout(result: ExecutionResult, timeout: int, wall: float) ->
     assert result.exit_code == -1
     assert result.termination_reason == TerminationReason.TIMEOUT
     assert result.stderr.endswith(f"Execution timeout after {timeout} seconds")
-    # Killed at the deadline: the issue asks for 100 ms, asserted with slack for a busy CI.
+    # Killed at the deadline: the target is 100 ms, asserted with slack for a busy CI.
     assert timeout <= result.execution_time < timeout + 0.5, result.execution_time
     assert wall < timeout + 1.0, wall
 
@@ -309,7 +309,7 @@ async def test_rusage_covers_the_whole_tree(run_code: RunCode) -> None:
 async def test_rusage_of_a_run_killed_at_the_deadline(run_code: RunCode) -> None:
     # The sandbox's init (the interpreter) spins until it is killed: its CPU time is still
     # the kernel's figure. (Processes still running when the namespace is torn down are
-    # reaped by the kernel itself and are not in the figure; see runner.py.)
+    # reaped by the kernel itself and are not in the figure; see process.py.)
     result = await run_code("def handler(event):\n    while True:\n        pass\n", timeout=1)
     assert result.status == Status.TIMEOUT
     assert result.metrics is not None and result.metrics.cpu_time_ms is not None

@@ -27,7 +27,7 @@ PODMAN_DEFAULT = Path("/usr/share/containers/seccomp.json")
 # hostUsers + procMount: Unmasked need user-namespaced pods: on by default from 1.33.
 MIN_VERSION = "1.33.0"
 MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
-# Variables of CONTRACT.md section 3 that are not executor settings but are legitimately set.
+# Variables of docs/CONTRACT.md section 3 that are not executor settings but are legitimately set.
 CONTRACT_ONLY_ENV = {"SESSION_ID", "PYTHONPATH"}
 
 

@@ -21,7 +21,8 @@ import pytest
 from sandbox_executor.config import Settings
 from sandbox_executor.engine import Engine
 from sandbox_executor.models import ExecuteRequest, ExecutionResult, Status, TerminationReason
-from sandbox_executor.pool import WarmPool, process_tree_rss
+from sandbox_executor.pool import WarmPool
+from sandbox_executor.proctree import process_tree_rss
 
 
 def _private_dir(prefix: str, owner: tuple[int, int] | None = None) -> Path:
@@ -51,7 +52,6 @@ def pool_settings(pool_dirs: dict[str, Path]) -> Settings:
     return Settings(
         workspace_path=str(pool_dirs["workspace"]),
         results_dir=pool_dirs["base"] / "results",
-        state_dir=pool_dirs["base"] / "state",
         sandbox_venv_path=pool_dirs["venv"],
         warm_pool_size=1,
         memory_limit_mb=256,
@@ -60,13 +60,15 @@ def pool_settings(pool_dirs: dict[str, Path]) -> Settings:
 
 @asynccontextmanager
 async def warm_engine(settings: Settings, **pool_kwargs: Any) -> AsyncIterator[tuple[Engine, WarmPool]]:
-    engine = Engine(settings)
-    pool = WarmPool(engine, settings, **pool_kwargs)
+    sandboxes = Engine(settings).sandboxes
+    pool = WarmPool(sandboxes, settings, **pool_kwargs)
+    engine = Engine(settings, sandboxes, warm_source=pool)
     await pool.start()
     try:
         yield engine, pool
     finally:
         await pool.aclose()
+        await engine.aclose()
 
 
 def request(code: str, language: str = "python", **fields: Any) -> ExecuteRequest:
@@ -245,7 +247,7 @@ async def test_invalidate_discards_waiting_sandboxes(
         assert not Path(f"/proc/{old_pid}").exists() or _is_zombie(old_pid)
         result = await run_warm(engine, pool, request(PROBE))
         assert result.return_value == 2, result.stderr
-        assert pool.stats()["generation"] == 1
+        assert pool.stats().generation == 1
 
 
 async def test_stale_sandbox_is_not_handed_out_without_invalidate(
@@ -321,9 +323,9 @@ async def test_waiting_sandbox_uses_no_cpu_and_its_memory_is_reported(pool_setti
         await asyncio.sleep(1.0)
         assert _cpu_ticks(tree) == before
         stats = pool.stats()
-        assert stats["warm_sandboxes"] == 2 and stats["ready"] == {"python": 1, "shell": 1}
-        assert 2 * 2**20 < stats["memory_bytes"] < 200 * 2**20
-        assert abs(stats["memory_bytes"] - process_tree_rss(pids)) < 2**20
+        assert stats.warm_sandboxes == 2 and stats.ready == {"python": 1, "shell": 1}
+        assert 2 * 2**20 < stats.memory_bytes < 200 * 2**20
+        assert abs(stats.memory_bytes - process_tree_rss(pids)) < 2**20
 
 
 def _tree(roots: list[int]) -> list[int]:
@@ -356,9 +358,8 @@ async def test_pool_size_zero_is_off(pool_settings: Settings) -> None:
     settings = pool_settings.model_copy(update={"warm_pool_size": 0})
     async with warm_engine(settings) as (engine, pool):
         await asyncio.sleep(0.1)
-        assert engine.warm_sandbox_source is None
         assert pool.take("python") is None
-        assert pool.stats()["warm_sandboxes"] == 0 and not pool.waiting()
+        assert pool.stats().warm_sandboxes == 0 and not pool.waiting()
         result = await engine.execute(request("def handler(event):\n    return 1\n"))
         assert result.status == Status.SUCCESS and result.return_value == 1
         assert pool.hits == 0
@@ -366,14 +367,14 @@ async def test_pool_size_zero_is_off(pool_settings: Settings) -> None:
 
 async def test_close_kills_waiting_sandboxes(pool_settings: Settings) -> None:
     engine = Engine(pool_settings)
-    pool = WarmPool(engine, pool_settings, pinned=("python", "shell"))
+    pool = WarmPool(engine.sandboxes, pool_settings, pinned=("python", "shell"))
     await pool.start()
     assert await pool.wait_ready("python") and await pool.wait_ready("shell")
     sandboxes = pool.waiting()
     await pool.aclose()
     assert all(not s.alive for s in sandboxes)
-    assert engine.warm_sandbox_source is None
     assert pool.take("python") is None
+    await engine.aclose()
 
 
 EXIT_SEMANTICS = """
@@ -470,12 +471,12 @@ async def test_return_values_are_encoded_like_json_dumps(
 async def test_invalidate_during_a_start_still_refills(pool_settings: Settings) -> None:
     async with warm_engine(pool_settings) as (engine, pool):
         for _ in range(20):
-            if pool.stats()["starting"]:
+            if pool.stats().starting:
                 break
             await asyncio.sleep(0)
-        assert pool.stats()["starting"] == 1  # the first start is in flight...
+        assert pool.stats().starting == 1  # the first start is in flight...
         await pool.invalidate()  # ...and belongs to the old generation now
         assert await pool.wait_ready("python", timeout=10), pool.stats()
-        assert pool.stats()["warm_sandboxes"] == 1
+        assert pool.stats().warm_sandboxes == 1
         result = await run_warm(engine, pool, request("def handler(event):\n    return 'new'\n"))
         assert result.return_value == "new"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from sandbox_executor.config import Settings
-from sandbox_executor.control_plane import ControlPlaneReporter
+from sandbox_executor.control_plane import ControlPlaneReporter, DeliveryStats
 from tests.support.fake_control_plane import FakeControlPlane
 
 EID = "exec_20260101120000_deadbeef"
@@ -102,7 +102,7 @@ def test_sigkill_before_delivery_then_new_process_delivers(
         try:
             await asyncio.to_thread(cp.wait_for, "result", 1, status=201, timeout=5)
             await reporter.flush(1)
-            assert reporter.stats() == {"pending": 0, "undeliverable": 0, "delivered": 1}
+            assert reporter.stats() == DeliveryStats(pending=0, undeliverable=0, delivered=1)
         finally:
             await reporter.aclose()
 

@@ -1,4 +1,4 @@
-"""Issue 4 end to end: the real `sandbox-executor serve` and a real HTTP fake control plane.
+"""Reporting end to end: the real `sandbox-executor serve` and a real HTTP fake control plane.
 
 Every scenario checks that no result is lost and none is reported twice with a different
 outcome. The two scenarios that must wait out real clocks (a 20 s outage, a 12 s run with

@@ -13,11 +13,12 @@ rlimits of the pip sandbox stay exactly as they are, minus the host network:
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 from sandbox_executor.config import Settings
-from sandbox_executor.dependencies import PipJob, PipOutcome, PipRunner
+from sandbox_executor.dependencies.pip_sandbox import PipJob, PipOutcome, PipRunner
 from sandbox_executor.egress_policy import policy_for
 from sandbox_executor.egress_proxy import EgressProxy
 from sandbox_executor.egress_wiring import PROXY_SOCKET_MOUNT, relay_command, relay_proxy_url
@@ -37,7 +38,7 @@ class ProxiedPipRunner(PipRunner):
         self.missing_wheel: MissingWheel | None = None
         self.last_output = ""
 
-    async def run(self, job: PipJob) -> PipOutcome:
+    async def run(self, job: PipJob, stop: asyncio.Event | None = None) -> PipOutcome:
         policy = policy_for(
             job.index_url,
             self.settings.dependency_allowed_hosts,
@@ -48,7 +49,7 @@ class ProxiedPipRunner(PipRunner):
             self.proxy = proxy
             await proxy.pin_index()
             await proxy.start_unix(self.socket_path, owner=self.ids())
-            outcome = await super().run(job)
+            outcome = await super().run(job, stop)
         self.last_output = outcome.output_tail
         self.missing_wheel = None
         if outcome.returncode != 0 and not self.settings.dependency_allow_sdist:

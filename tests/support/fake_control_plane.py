@@ -1,6 +1,6 @@
 """A fake control plane: a real HTTP/1.1 server on loopback, run in a thread.
 
-It implements the callback routes of CONTRACT.md section 2 with the control plane's
+It implements the callback routes of docs/CONTRACT.md section 2 with the control plane's
 observed answers (201 first result, 200 duplicate, 400 unknown status, 409 after a
 ``crashed`` report, 422 schema errors, 404 for unknown ids when ``known_ids`` is set),
 records every request (method, path, headers, body, arrival time, answer) and can be told to

@@ -42,12 +42,13 @@ async def _execute(engine: Engine, request: ExecuteRequest) -> ExecutionResult:
     size = warm_pool_size()
     if not size or engine.settings.disable_bwrap:
         return await engine.execute(request)
-    pool = WarmPool(engine, engine.settings, size=size, pinned=(request.language,), replace=False)
+    pool = WarmPool(engine.sandboxes, engine.settings, size=size, pinned=(request.language,), replace=False)
+    warm = Engine(engine.settings, engine.sandboxes, warm_source=pool)
     await pool.start()
     try:
         if not await pool.wait_ready(request.language, timeout=15):
             raise RuntimeError(f"no warm {request.language} sandbox came up: {pool.stats()}")
-        result = await engine.execute(request)
+        result = await warm.execute(request)
         assert pool.hits == 1, "the execution did not take the warm sandbox"
         return result
     finally:

@@ -21,12 +21,11 @@ import httpx
 import pytest
 
 from sandbox_executor.config import Settings
-from sandbox_executor.control_plane import ControlPlaneReporter
+from sandbox_executor.control_plane import ControlPlaneReporter, DeliveryStats
 from sandbox_executor.control_plane.bodies import result_body
 from sandbox_executor.control_plane.outbox import Outbox
 from sandbox_executor.metrics import REGISTRY
 from sandbox_executor.models import ArtifactDetail, ExecutionResult, Metrics, TerminationReason
-from sandbox_executor.runner import crashed_result
 from tests.support.contract_models import ResultBody
 from tests.support.mock_control_plane import MockControlPlane, VirtualClock
 
@@ -67,7 +66,7 @@ def settings_for(results_dir: Path, url: str | None, **overrides: Any) -> Settin
         "callback_max_attempts": 4,
         "callback_max_backoff_seconds": BACKOFF_CAP,
         "outbox_replay_interval_seconds": REPLAY,
-        "heartbeat_interval": 0.2,
+        "heartbeat_interval_seconds": 0.2,
         "container_id": POD,
         "pod_name": POD,
         "executor_port": 8080,
@@ -111,7 +110,7 @@ async def reporter_factory(
 
 
 def delivered(reporter: ControlPlaneReporter, count: int = 1) -> Callable[[], bool]:
-    return lambda: reporter.stats()["delivered"] >= count
+    return lambda: reporter.stats().delivered >= count
 
 
 def metric(name: str, labels: dict[str, str] | None = None) -> float:
@@ -140,7 +139,7 @@ async def test_result_delivered_with_exact_body_and_headers(
     assert "io_read_bytes" not in body["metrics"]  # no value: left out, never null
     assert body["termination_reason"] == "exited" and body["stdout_truncated"] is False
     await clock.run_until(lambda: not any(reporter.outbox.pending_dir.iterdir()))
-    assert reporter.stats() == {"pending": 0, "undeliverable": 0, "delivered": 1}
+    assert reporter.stats() == DeliveryStats(pending=0, undeliverable=0, delivered=1)
     assert clock.now == 0.0  # delivered at once: no backoff, no replay needed
 
 
@@ -212,7 +211,7 @@ async def test_connection_errors_are_retried_then_replayed(
     assert calls[4].at >= 0.9 * REPLAY
     assert calls[6].at - calls[4].at <= 2 * BACKOFF_CAP + 1e-9
     await clock.run_until(lambda: not reporter.outbox.path(EID).exists())
-    assert reporter.stats() == {"pending": 0, "undeliverable": 0, "delivered": 1}
+    assert reporter.stats() == DeliveryStats(pending=0, undeliverable=0, delivered=1)
 
 
 async def test_requests_carry_the_callback_timeout(
@@ -233,10 +232,10 @@ async def test_permanent_answer_is_undeliverable_without_retry(
     before = metric("sandbox_results_undeliverable_total")
     reporter = await reporter_factory()
     await reporter.submit_result(EID, "sess-1", make_result())
-    await clock.run_until(lambda: reporter.stats()["undeliverable"] == 1)
+    await clock.run_until(lambda: reporter.stats().undeliverable == 1)
     await clock.advance(10 * REPLAY)  # ten replay intervals: still a single attempt
     assert len(cp.of("result")) == 1
-    assert reporter.stats() == {"pending": 0, "undeliverable": 1, "delivered": 0}
+    assert reporter.stats() == DeliveryStats(pending=0, undeliverable=1, delivered=0)
     assert not reporter.outbox.path(EID).exists()
     head, _, body = reporter.outbox.undeliverable_path(EID).read_bytes().partition(b"\n")
     meta = json.loads(head)
@@ -248,14 +247,14 @@ async def test_permanent_answer_is_undeliverable_without_retry(
     again = await reporter_factory()
     await clock.advance(3 * REPLAY)
     assert len(cp.of("result")) == 1
-    assert again.stats()["undeliverable"] == 1
+    assert again.stats().undeliverable == 1
 
 
 async def test_409_after_a_crashed_report_is_permanent(
     cp: MockControlPlane, clock: VirtualClock, reporter_factory: Factory
 ) -> None:
     reporter = await reporter_factory()
-    crashed = crashed_result("aborted: shutting down", TerminationReason.SHUTDOWN)
+    crashed = ExecutionResult.crashed("aborted: shutting down", TerminationReason.SHUTDOWN)
     await reporter.submit_result(EID, None, crashed)
     await clock.run_until(delivered(reporter))
     # No rusage: the optional metrics are left out, so the strict model accepted it.
@@ -264,7 +263,7 @@ async def test_409_after_a_crashed_report_is_permanent(
     # Another process reports the same id (e.g. after a restart of the daemon).
     other = await reporter_factory(results_dir=reporter.settings.results_dir / "other")
     await other.submit_result(EID, None, make_result())
-    await clock.run_until(lambda: other.stats()["undeliverable"] == 1)
+    await clock.run_until(lambda: other.stats().undeliverable == 1)
     assert [c.status for c in cp.of("result")] == [201, 409]
 
 
@@ -295,7 +294,7 @@ async def test_no_control_plane_url_sends_nothing_and_stores_nothing(
     await reporter.announce_exited(143, "sigterm")
     await reporter.flush(0.1)
     assert cp.calls == [] and not reporter.outbox.path(EID).exists()
-    assert reporter.stats() == {"pending": 0, "undeliverable": 0, "delivered": 0}
+    assert reporter.stats() == DeliveryStats(pending=0, undeliverable=0, delivered=0)
 
 
 async def test_non_finite_numbers_never_sent(
@@ -344,11 +343,11 @@ async def test_results_survive_a_dropped_instance(
     await first.aclose()  # no flush: as if the process died
     cp.clear()
     second = await reporter_factory()
-    assert second.stats()["pending"] == 3
+    assert second.stats().pending == 3
     await clock.run_until(delivered(second, 3))
     got = {c.execution_id: c.json["stdout"] for c in cp.of("result") if c.status == 201}
     assert got == {eid: eid for eid in ids}
-    await clock.run_until(lambda: second.stats() == {"pending": 0, "undeliverable": 0, "delivered": 3})
+    await clock.run_until(lambda: second.stats() == DeliveryStats(pending=0, undeliverable=0, delivered=3))
 
 
 async def test_replayer_delivers_after_the_retry_budget_is_spent(
@@ -371,7 +370,7 @@ async def test_corrupt_outbox_file_is_set_aside(
     outbox.path(EID).write_bytes(b"{not json")
     (outbox.pending_dir / f".{EID}.json.1.tmp").write_bytes(b"half")
     reporter = await reporter_factory()
-    await clock.run_until(lambda: reporter.stats()["undeliverable"] == 1)
+    await clock.run_until(lambda: reporter.stats().undeliverable == 1)
     assert not cp.of("result")
     assert outbox.undeliverable_path(EID).exists()
     assert not (outbox.pending_dir / f".{EID}.json.1.tmp").exists()
@@ -388,14 +387,14 @@ async def test_flush_cuts_the_backoff_short_and_respects_its_timeout(
     started = time.monotonic()
     await reporter.flush(5.0)
     assert time.monotonic() - started < 1.0 and clock.now == 0.0
-    assert reporter.stats()["delivered"] == 1
+    assert reporter.stats().delivered == 1
     # With the control plane not answering, flush still returns on time.
     cp.hang(kind="result")
     await reporter.submit_result(EID + "_2", None, make_result())
     started = time.monotonic()
     await reporter.flush(0.1)
     assert 0.1 <= time.monotonic() - started < 0.5
-    assert reporter.stats()["pending"] == 1
+    assert reporter.stats().pending == 1
 
 
 async def test_callback_metrics_counted(
@@ -419,7 +418,7 @@ async def test_callback_metrics_counted(
 async def test_heartbeats_on_a_fixed_schedule_and_none_after_the_block(
     cp: MockControlPlane, clock: VirtualClock, reporter_factory: Factory
 ) -> None:
-    reporter = await reporter_factory(heartbeat_interval=0.2)
+    reporter = await reporter_factory(heartbeat_interval_seconds=0.2)
     async with reporter.heartbeat(EID):
         await clock.advance(0.9)
     await clock.advance(1.0)
@@ -445,7 +444,7 @@ async def test_a_slow_control_plane_does_not_shift_the_schedule(
         return response
 
     cp._handle = slow  # type: ignore[method-assign]
-    reporter = await reporter_factory(heartbeat_interval=0.2)
+    reporter = await reporter_factory(heartbeat_interval_seconds=0.2)
     async with reporter.heartbeat(EID):
         await clock.advance(0.9)
     assert [round(b.at, 6) for b in cp.of("heartbeat")] == [0.2, 0.4, 0.6, 0.8]
@@ -457,7 +456,7 @@ async def test_failing_heartbeats_change_nothing(
     cp.respond(500, kind="heartbeat", times=1)
     cp.fail(httpx.ReadTimeout, kind="heartbeat", times=1)
     cp.fail(httpx.ConnectError, kind="heartbeat", times=1)
-    reporter = await reporter_factory(heartbeat_interval=0.15)
+    reporter = await reporter_factory(heartbeat_interval_seconds=0.15)
     async with reporter.heartbeat(EID):
         await clock.advance(0.7)
     assert [b.status for b in cp.of("heartbeat")] == [500, None, None, 200]
@@ -467,7 +466,7 @@ async def test_heartbeat_block_exit_cancels_a_hanging_beat(
     cp: MockControlPlane, clock: VirtualClock, reporter_factory: Factory
 ) -> None:
     cp.hang(kind="heartbeat")
-    reporter = await reporter_factory(heartbeat_interval=0.1)
+    reporter = await reporter_factory(heartbeat_interval_seconds=0.1)
     block = reporter.heartbeat(EID)
     await block.__aenter__()
     await clock.run_until(lambda: len(cp.of("heartbeat")) == 1)

@@ -70,7 +70,7 @@ def test_one_mib_code_travels_in_the_message_not_argv() -> None:
     code = "x = 1\n" * (1024 * 1024 // 6)
     job = _job("python", code=code)
     assert json.loads(launch_message(job))["code"] == code
-    argv = interpreter_command("python", Settings(), 3, 4)
+    argv = interpreter_command("python", Settings(), 3, 4, "/dev/fd/9")
     assert sum(len(a) for a in argv) < 64 * 1024
 
 
@@ -110,20 +110,20 @@ def test_shell_event_file_is_documented_path() -> None:
 
 def test_interpreter_commands() -> None:
     s = Settings(memory_limit_mb=512, pids_limit=77)
-    py = interpreter_command("python", s, 3, 4)
-    assert py[0] == s.python_binary and py[-3:] == ["3", "4", "77"]
-    assert {"-I", "-S", "-u", "-B"} <= set(py)
-    js = interpreter_command("javascript", s, 3, 4)
+    py = interpreter_command("python", s, 3, 4, "/dev/fd/9")
+    assert py[0] == s.python_binary and py[-5:] == ["/dev/fd/9", "3", "4", "R", "77"]
+    assert {"-I", "-S", "-u", "-B"} <= set(py) and "-c" not in py
+    js = interpreter_command("javascript", s, 3, 4, "/dev/fd/8")
     node_at = js.index(s.node_binary)
-    assert js[-2:] == ["3", "4"]
+    assert js[-4:] == ["/dev/fd/8", "3", "4", "R"] and "-e" not in js
     # node cannot lower its own RLIMIT_NPROC: a wrapper does it, then execs node.
     assert node_at > 0 and any("77" in arg for arg in js[:node_at])
     heap = next(a for a in js if a.startswith("--max-old-space-size="))
     assert int(heap.split("=")[1]) < 512  # the heap cap sits below the rlimit: a clean OOM
-    sh = interpreter_command("shell", s, 3, 4)
-    assert sh[0] == s.bash_binary and sh[-3:] == ["3", "4", "77"]
+    sh = interpreter_command("shell", s, 3, 4, "")
+    assert sh[0] == s.bash_binary and sh[-4:] == ["3", "4", "R", "77"]
     with pytest.raises(ValueError):
-        interpreter_command("ruby", s, 3, 4)  # type: ignore[arg-type]
+        interpreter_command("ruby", s, 3, 4, "")  # type: ignore[arg-type]
 
 
 def test_result_channel_languages() -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import array
+import json
 import os
 import resource
+import socket
+import subprocess
 
 import pytest
 
-from sandbox_executor.spawner import Spawner, SpawnError
+from sandbox_executor.spawner import SPAWNER_PROGRAM, Spawner, SpawnError
 
 
 @pytest.fixture()
@@ -97,3 +101,36 @@ def test_a_second_event_loop_gets_a_working_helper() -> None:
         await spawner.aclose()
 
     asyncio.run(close())
+
+
+def _start_program() -> tuple[socket.socket, subprocess.Popen[bytes]]:
+    """The spawner program itself, on a plain socketpair (no Spawner class in between)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    argv = ["/usr/bin/python3", "-I", "-S", SPAWNER_PROGRAM, str(theirs.fileno())]
+    proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+    theirs.close()
+    ours.settimeout(10)
+    return ours, proc
+
+
+def _request(argv: list[str], targets: list[int]) -> bytes:
+    doc = {"argv": argv, "env": {"PATH": "/usr/bin:/bin"}, "cwd": None, "fds": targets}
+    return json.dumps({**doc, "uid": None, "gid": None, "rlimits": [], "umask": None}).encode()
+
+
+def test_the_program_speaks_its_protocol_over_a_socketpair() -> None:
+    sock, proc = _start_program()
+    r, w = os.pipe()
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [w]).tobytes())]
+    sock.sendmsg([_request(["/bin/sh", "-c", "echo hi; exit 7"], [1])], rights)
+    os.close(w)
+    reply = json.loads(sock.recv(65536))
+    exit_report = json.loads(sock.recv(65536))
+    assert exit_report["exit"] == reply["pid"] and os.waitstatus_to_exitcode(exit_report["status"]) == 7
+    assert len(exit_report["ru"]) == 5
+    assert os.read(r, 100) == b"hi\n"
+    os.close(r)
+    sock.sendmsg([_request(["/nonexistent"], [])])
+    assert "error" in json.loads(sock.recv(65536))
+    sock.close()  # the daemon is gone: the spawner leaves
+    assert proc.wait(10) == 0

@@ -1,15 +1,18 @@
-// Runs inside the sandbox, passed to `node -e`. Protocol: the byte "R" on the result fd
-// (argv[2]) as soon as node runs; then one JSON message on the input fd (argv[1]: code,
-// event, env, limits); the outcome as one JSON document on the result fd. stdout is never
-// parsed.
+// Runs inside the sandbox: `node --preserve-symlinks-main /dev/fd/N INPUT_FD RESULT_FD MARKER`
+// (N: a sealed memfd lent by the daemon, see bootstraps.py). Protocol: MARKER on the result
+// fd as soon as node runs; then one JSON message on the input fd (code, event, env,
+// limits); the outcome as one JSON document on the result fd. stdout is never parsed.
 'use strict';
 (function sandboxMain() {
   const fs = require('fs');
   const Module = require('module');
   const path = require('path');
-  const inputFd = Number(process.argv[1]);
-  const resultFd = Number(process.argv[2]);
-  fs.writeSync(resultFd, 'R');  // runtimes.STARTED_MARKER: the sandbox is up
+  const ownFd = /^\/dev\/fd\/(\d+)$/.exec(process.argv[1] || '');
+  // The program's own descriptor: user code never sees it (the memfd is sealed anyway).
+  if (ownFd) fs.closeSync(Number(ownFd[1]));
+  const inputFd = Number(process.argv[2]);
+  const resultFd = Number(process.argv[3]);
+  fs.writeSync(resultFd, process.argv[4]);  // the sandbox is up
   const chunks = [];
   const buf = Buffer.allocUnsafe(1 << 20);
   for (;;) {
@@ -58,7 +61,8 @@
   userModule.filename = filename;
   userModule.paths = Module._nodeModulePaths(process.cwd()).concat(msg.node_paths || []);
   process.argv = [process.argv[0], filename];
-  require.main = userModule;
+  // The user's module is the main one (require.main === module), as with `node handler.js`.
+  process.mainModule = userModule;
   // A top-level `function handler` is not exported by CommonJS; this trailer exposes it
   // without changing what the code itself does.
   const trailer = '\n;try { if (typeof handler === "function" && module.exports.handler === undefined) ' +

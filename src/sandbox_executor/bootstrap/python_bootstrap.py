@@ -1,6 +1,7 @@
-# Runs inside the sandbox, passed to `python3 -I -S -u -B -c`. Kept import-light: every
-# millisecond here is start-up latency. Protocol: the byte "R" on the result fd (argv[2])
-# as soon as the interpreter runs; then one JSON message on the input fd (argv[1]: code,
+# Runs inside the sandbox: `python3 -I -S -u -B /dev/fd/N INPUT_FD RESULT_FD MARKER [PIDS]`
+# (N: a sealed memfd lent by the daemon, see bootstraps.py; usually this file compiled).
+# Kept import-light: every millisecond here is start-up latency. Protocol: MARKER on the
+# result fd as soon as the interpreter runs; then one JSON message on the input fd (code,
 # event, env, limits); the outcome as one JSON document on the result fd, which is moved
 # out of the way and made close-on-exec so child processes cannot write to it. stdout is
 # never parsed.
@@ -13,12 +14,15 @@ if MYPY:  # for the type checker only: importing typing costs start-up time
 
 
 def _sandbox_main() -> None:
-    input_fd, output_fd = int(sys.argv[1]), int(sys.argv[2])
-    if len(sys.argv) > 3:
+    if sys.argv[0].startswith("/dev/fd/"):
+        # The program's own descriptor: user code never sees it (the memfd is sealed anyway).
+        os.close(int(sys.argv[0][len("/dev/fd/") :]))
+    input_fd, output_fd, marker = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    if len(sys.argv) > 4:
         import resource
 
         # This sandbox's own process cap, counted in its user namespace (runtimes.py).
-        pids = int(sys.argv[3])
+        pids = int(sys.argv[4])
         resource.setrlimit(resource.RLIMIT_NPROC, (pids, pids))
     # What every run needs, done before the wait: a pre-started (warm) sandbox pays for it
     # while idle, not after the request arrived. Only C modules: `json` and `linecache`
@@ -33,7 +37,7 @@ def _sandbox_main() -> None:
 
     compile("pass", "<warm-up>", "exec")
     gc.freeze()
-    os.write(output_fd, b"R")  # runtimes.STARTED_MARKER: the sandbox is up
+    os.write(output_fd, marker.encode())  # the sandbox is up
     chunks = []
     while True:
         chunk = os.read(input_fd, 1 << 20)
@@ -75,14 +79,14 @@ def _sandbox_main() -> None:
         import traceback
 
         tb = exc.__traceback__
-        # Drop the bootstrap's own frames so the trace starts in the user's code.
-        while tb is not None and tb.tb_frame.f_code.co_filename == "<string>":
+        # Drop the bootstrap's own frames (its file name) so the trace starts in user code.
+        while tb is not None and tb.tb_frame.f_code.co_filename == _OWN_FILE:
             tb = tb.tb_next
         text = "".join(traceback.format_exception(type(exc), exc, tb))
         return text
 
     _register_source(filename, code)
-    # A real module registered as __main__ (the bootstrap's own is `-c`'s): pickle finds
+    # A real module registered as __main__ (not the bootstrap's own): pickle finds
     # the user's functions there, so multiprocessing.Pool works with handler-defined code.
     main_module = type(sys)("__main__")  # types.ModuleType, without importing types (0.5 ms)
     main_module.__file__ = filename
@@ -273,4 +277,5 @@ def _wants_context(fn: "Any") -> bool:
     return bool(code.co_argcount - offset >= 2)
 
 
+_OWN_FILE = _sandbox_main.__code__.co_filename
 _sandbox_main()

@@ -1,5 +1,5 @@
 # The spawner: a small, single-threaded helper process that forks and execs every sandbox.
-# Passed to `python3 -I -S -c`; argv[1] is its end of a SOCK_SEQPACKET socketpair.
+# Run as `python3 -I -S spawner_main.py FD`; FD is its end of a SOCK_SEQPACKET socketpair.
 #
 # Why a separate process: a child forked from the daemon inherits the daemon's memory until
 # exec, and the kernel records that old image's high-water mark in the child's rusage (and

@@ -67,7 +67,7 @@ class Lifecycle:
                 await task
 
     async def _heartbeat_loop(self, client: CallbackClient, execution_id: str) -> None:
-        interval = max(0.01, self.settings.heartbeat_interval)
+        interval = max(0.01, self.settings.heartbeat_interval_seconds)
         started = self._clock()
         path = f"/executions/{execution_id}/heartbeat"
         bound = log.bind(execution_id=execution_id)

@@ -14,6 +14,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -61,6 +62,15 @@ DELIVERY_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
     registry=REGISTRY,
 )
+
+
+@dataclass(frozen=True)
+class DeliveryStats:
+    """Results waiting for delivery, given up on, and delivered since start."""
+
+    pending: int
+    undeliverable: int
+    delivered: int
 
 
 class ControlPlaneReporter:
@@ -152,13 +162,9 @@ class ControlPlaneReporter:
         if self._client is not None:
             await self._client.aclose()
 
-    def stats(self) -> dict[str, int]:
-        """Counts for /health and /metrics: pending, undeliverable, delivered (this process)."""
-        return {
-            "pending": len(self._pending),
-            "undeliverable": self._undeliverable,
-            "delivered": self._delivered,
-        }
+    def stats(self) -> DeliveryStats:
+        """Counts for /health: pending, undeliverable, delivered (by this process)."""
+        return DeliveryStats(len(self._pending), self._undeliverable, self._delivered)
 
     # ------------------------------------------------------------------ results
     async def submit_result(self, execution_id: str, session_id: str | None, result: ExecutionResult) -> None:

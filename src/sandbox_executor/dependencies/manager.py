@@ -19,6 +19,7 @@ from structlog.typing import FilteringBoundLogger
 
 from ..config import Settings
 from ..errors import Busy, InstallFailed, InternalError, ShuttingDown
+from ..host import HostProfile
 from .fs import chown_tree, read_installed, remove_tree, seal_tree
 from .pip_sandbox import PipJob, PipOutcome, PipRunner
 from .store import Manifest, VenvStore, installed_entry, now_iso
@@ -52,12 +53,15 @@ class DependencyManager:
         lock_wait_seconds: float = LOCK_WAIT_SECONDS,
         store: VenvStore | None = None,
         pip: PipRunner | None = None,
+        host: HostProfile | None = None,
     ) -> None:
+        """``host``: the daemon's host profile, shared with the engine (probed on first
+        use when not given); ``store`` and ``pip`` replace the default parts (tests)."""
         self.settings = settings
         self.on_change = on_change
         self.lock_wait_seconds = lock_wait_seconds
         self.store = store or VenvStore(settings)
-        self.pip = pip or PipRunner(settings, runtime_root=self.store.root)
+        self.pip = pip or PipRunner(settings, runtime_root=self.store.root, host=host)
         self._lock = asyncio.Lock()
         self._current: Manifest | None = None
         self._loaded = False

@@ -8,15 +8,12 @@ timeout and an output cap. docs/DEPENDENCIES.md says what that protects and what
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
 import os
-import resource
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -25,18 +22,12 @@ from typing import Any
 
 import structlog
 
-from ..config import MIB, Settings
-from ..errors import InternalError
+from ..bwrap import Mount, build_bwrap_argv
+from ..config import Settings
+from ..errors import InternalError, SandboxStartError
+from ..host import HostProfile
+from ..process import Launch, SandboxProcess
 from ..runtimes import SANDBOX_VENV_MOUNT
-from ..sandbox import (
-    Mount,
-    SandboxSpec,
-    build_bwrap_argv,
-    host_system_mounts,
-    installed_bwrap_supports,
-    load_seccomp_program,
-    memfd_with,
-)
 from ..spawner import Spawner
 from .fs import remove_tree, seal_tree
 
@@ -132,18 +123,35 @@ class PipJob:
 
 
 class PipRunner:
-    """Builds and runs the sandboxed ``pip install --target`` command."""
+    """Builds and runs the sandboxed ``pip install --target`` command.
 
-    def __init__(self, settings: Settings, runtime_root: Path | None = None) -> None:
+    The sandbox is the executions' (``HostProfile.spec``: system mounts, synthetic /etc,
+    seccomp, uid, rlimits) with the network shared, and it runs through the same
+    spawn/capture/kill path (``process.py``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        runtime_root: Path | None = None,
+        *,
+        host: HostProfile | None = None,
+        spawner: Spawner | None = None,
+    ) -> None:
+        """``host`` is the daemon's profile (probed here on first use when not given);
+        ``spawner`` the helper that forks pip (one of its own by default)."""
         self.settings = settings
-        self._mounts: list[Mount] | None = None
-        self._disable_userns = True
-        self._seccomp_program: bytes | None = None
+        self._host = host
         self._pip: tuple[str | None, list[str]] | None = None
         # Where a compiled copy of pip may live (the store's root); None: bind pip as it is.
         self.runtime_root = runtime_root
-        # pip is forked by its own spawner helper, like every sandbox (see spawner.py).
-        self.spawner = Spawner(settings.python_binary)
+        self.spawner = spawner or Spawner(settings.python_binary)
+
+    @property
+    def host(self) -> HostProfile:
+        if self._host is None:
+            self._host = HostProfile.probe(self.settings)
+        return self._host
 
     def locate_pip(self) -> tuple[str | None, list[str]]:
         """pip's package dir to bind (a compiled copy when possible) and the fallback argv."""
@@ -156,19 +164,9 @@ class PipRunner:
             self._pip = (pip_dir, fallback)
         return self._pip
 
-    def prepare(self) -> None:
-        if self._mounts is not None:
-            return
-        self._mounts = host_system_mounts()
-        if not self.settings.disable_bwrap:
-            self._disable_userns = installed_bwrap_supports(self.settings.bwrap_path, "--disable-userns")
-            if self.settings.seccomp_enabled:
-                # The executions' filter: an sdist build is untrusted code with network.
-                self._seccomp_program = load_seccomp_program()
-
     def ids(self) -> tuple[int, int] | None:
         """The uid/gid pip runs as: the sandbox user when the daemon is root."""
-        return self.settings.sandbox_ids() if self.settings.runs_as_root else None
+        return self.host.run_as
 
     def environment(self, home: str, tmpdir: str) -> list[tuple[str, str]]:
         """pip's whole environment: nothing of the daemon's."""
@@ -208,49 +206,31 @@ class PipRunner:
         return [*args, "--", *job.requirements]
 
     def command(self, job: PipJob) -> tuple[list[str], list[int], dict[str, str], str | None]:
-        """(argv, descriptors to pass (the caller closes them), Popen environment, cwd)."""
+        """(argv, descriptors to pass (the caller closes them), environment, cwd)."""
         pip_dir, fallback = self.locate_pip()
-        if self.settings.disable_bwrap:
+        host = self.host
+        if not host.isolated:
             tmpdir = str(job.scratch / "tmp")
             head = [self.settings.python_binary, "-I", pip_dir] if pip_dir else fallback
             argv = [*head, *self.pip_arguments(job, str(job.target), str(job.cache))]
             return argv, [], dict(self.environment(str(job.scratch), tmpdir)), str(job.scratch)
-        self.prepare()
-        assert self._mounts is not None
         inner_pip = f"{PIP_RUNTIME_MOUNT}/pip"
         head = [self.settings.python_binary, "-I", inner_pip] if pip_dir else fallback
         argv = [*head, *self.pip_arguments(job, SANDBOX_VENV_MOUNT, PIP_CACHE_MOUNT)]
         extra = [
             Mount("bind", str(job.target), SANDBOX_VENV_MOUNT),
             Mount("bind", str(job.cache), PIP_CACHE_MOUNT),
-            Mount("ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"),
-            Mount("ro-bind-try", "/etc/hosts", "/etc/hosts"),
         ]
         if pip_dir:
             extra.insert(0, Mount("ro-bind", pip_dir, inner_pip))
-        uid, gid = self.settings.sandbox_ids()
-        files = {
-            "/etc/passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\n"
-            f"sandbox:x:{uid}:{gid}:sandbox:/workspace:/bin/bash\n",
-            "/etc/group": f"root:x:0:\nsandbox:x:{gid}:\n",
-            "/etc/nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
-        }
-        data_files = [(memfd_with(path, text.encode()), path) for path, text in files.items()]
-        prog = self._seccomp_program
-        seccomp_fd = memfd_with("seccomp", prog) if prog else None
-        spec = SandboxSpec(
+        # The executions' seccomp filter too: an sdist build is untrusted code with network.
+        spec = host.spec(
             command=argv,
             workspace=str(job.scratch),
-            bwrap_path=self.settings.bwrap_path,
-            system_mounts=self._mounts,
-            extra_mounts=extra,
             env=self.environment("/workspace", "/workspace/tmp"),
-            tmpfs_size_bytes=self.settings.tmpfs_size_mb * MIB,
+            extra_mounts=extra,
             network=True,
-            disable_userns=self._disable_userns,
             hostname="pip",
-            data_files=data_files,
-            seccomp_fd=seccomp_fd,
         )
         return build_bwrap_argv(spec), spec.inherited_fds(), {}, None
 
@@ -260,85 +240,43 @@ class PipRunner:
         timeout = float(self.settings.dependency_install_timeout_seconds)
         # Both block (bwrap --help, libseccomp, compiling pip once): off the event loop.
         await asyncio.to_thread(self.locate_pip)
-        if not self.settings.disable_bwrap:
-            await asyncio.to_thread(self.prepare)
+        await asyncio.to_thread(lambda: self.host)
         argv, fds, env, cwd = self.command(job)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            child = await self.spawner.spawn(
-                argv,
-                fds={0: devnull, 1: out_w, 2: out_w, **{fd: fd for fd in fds}},
-                env=env,
-                cwd=cwd,
-                uid_gid=self.ids(),
-                rlimits=pip_rlimits(self.settings),
-                umask=0o022,
-            )
-        except OSError as exc:
-            os.close(out_r)
-            raise InternalError("The dependency installer could not start.", str(exc)) from exc
-        finally:
-            for fd in (*fds, out_w, devnull):
-                os.close(fd)
-        tail = bytearray()
-        timed_out = False
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(out_r, "rb", buffering=0)
+        launch = Launch(
+            argv,
+            {0: devnull, 1: out_w, 2: out_w, **{fd: fd for fd in fds}},
+            env=env,
+            cwd=cwd,
+            run_as=self.host.run_as,
+            rlimits=self.host.pip_rlimits,
+            umask=0o022,
         )
-
-        async def pump() -> None:
-            while chunk := await reader.read(65536):
-                tail.extend(chunk)
-                if len(tail) > OUTPUT_TAIL_BYTES:
-                    del tail[: len(tail) - OUTPUT_TAIL_BYTES]
-            # Shielded: cancelling the pump must not cancel the spawner's future.
-            await asyncio.shield(child.exited)
-
-        pumping = asyncio.ensure_future(pump())
-        waiters: set[asyncio.Future[Any]] = {pumping}
+        try:
+            process = await SandboxProcess.spawn(self.spawner, launch, ours=[out_r])
+        except SandboxStartError as exc:
+            raise InternalError("The dependency installer could not start.", str(exc)) from exc
+        output = await process.capture(out_r, OUTPUT_TAIL_BYTES, tail=True)
+        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(asyncio.shield(process.exited))}
         if stop is not None:
             waiters.add(asyncio.ensure_future(stop.wait()))
-        stopped = False
         try:
             done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if pumping in done:
-                pumping.result()  # the reader's own failure, if any
-            else:
-                stopped = bool(done)
-                timed_out = not stopped
-                # bwrap's --die-with-parent takes the whole PID namespace down with it.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(child.pid, signal.SIGKILL)
+            ended = process.exited.done()
+            stopped = not ended and bool(done)
+            timed_out = not ended and not stopped
         finally:
             for waiter in waiters:
                 waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
-            returncode, _usage = await child.exited
-            transport.close()
+            # Also on cancellation: pip's whole sandbox goes, never outlives the sync.
+            await process.kill()
+            await process.drain([output])
+        returncode, _usage = process.exited.result()
         return PipOutcome(
             returncode=returncode,
-            output_tail=tail.decode("utf-8", "replace"),
+            output_tail=output.data().decode("utf-8", "replace"),
             timed_out=timed_out,
             duration=time.monotonic() - started,
             stopped=stopped,
         )
-
-
-def pip_rlimits(settings: Settings) -> list[tuple[int, int, int]]:
-    """Limits for bwrap, pip and any build it runs (set between fork and exec)."""
-    memory = max(settings.memory_limit_mb, 2048) * MIB
-    pids = max(settings.pids_limit, 256)
-    fsize = settings.max_file_size_mb * MIB
-    nofile = max(settings.max_open_files, 1024)
-    cpu = settings.dependency_install_timeout_seconds + 30
-    return [
-        (resource.RLIMIT_DATA, memory, memory),
-        (resource.RLIMIT_NPROC, pids, pids),
-        (resource.RLIMIT_FSIZE, fsize, fsize),
-        (resource.RLIMIT_NOFILE, nofile, nofile),
-        (resource.RLIMIT_CPU, cpu, cpu + 5),
-        (resource.RLIMIT_CORE, 0, 0),
-    ]

@@ -6,14 +6,8 @@ import os
 
 import pytest
 
-from sandbox_executor.sandbox import (
-    ETC_ENTRIES,
-    Mount,
-    SandboxSpec,
-    build_bwrap_argv,
-    bwrap_supports,
-    host_system_mounts,
-)
+from sandbox_executor.bwrap import ETC_ENTRIES, Mount, SandboxSpec, build_bwrap_argv, bwrap_supports
+from sandbox_executor.host import host_system_mounts
 
 
 def _spec(**overrides: object) -> SandboxSpec:

@@ -1,0 +1,201 @@
+"""`sandbox-executor serve`: wiring, uvicorn, and the signal-driven shutdown.
+
+Start-up and shutdown are one :class:`contextlib.AsyncExitStack`: each part is built with
+its collaborators, started, and its closing pushed right there, so the shutdown undoes the
+start-up in reverse order, each step within its share of the 2 s budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Generator
+
+import structlog
+import uvicorn
+
+from .api import create_app
+from .checks import run_checks
+from .config import Settings
+from .control_plane import ControlPlaneReporter
+from .dependencies import DependencyManager
+from .engine import Engine
+from .host import HostProfile
+from .logging_setup import configure_logging
+from .pool import WarmPool
+from .sandbox import SandboxFactory
+from .service import ExecutionService
+from .spawner import Spawner
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_BUDGET_SECONDS = 2.0
+# Half the budget: the interrupted sync's 503 and the server's stop fit in the rest.
+SYNC_GRACE_SECONDS = 1.0
+_EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+_EXIT_REASONS = {signal.SIGTERM: "sigterm", signal.SIGINT: "sigint"}
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: shutdown is ours (see Daemon.on_signal)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def _bounded(close: Callable[[], Awaitable[None]], seconds: float) -> None:
+    """One closing step of the shutdown: bounded, and never in the way of the next one."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(close(), seconds)
+
+
+class Daemon:
+    """The parts of a serving executor, wired in :meth:`start` and unwound by its stack."""
+
+    def __init__(self, settings: Settings, host: HostProfile) -> None:
+        self.settings = settings
+        self.host = host
+        self.reporter = ControlPlaneReporter(settings)
+        self.server: _Server | None = None
+        self.service: ExecutionService | None = None
+        self.dependencies: DependencyManager | None = None
+        self.exit_code = 0
+        self._signalled: int | None = None
+
+    @property
+    def signalled(self) -> bool:
+        return self._signalled is not None
+
+    async def start(self, stack: contextlib.AsyncExitStack) -> ExecutionService:
+        """Build and start every part; each pushes its own closing onto ``stack``."""
+        settings = self.settings
+        sandboxes = SandboxFactory(settings, self.host, Spawner(settings.python_binary))
+        stack.push_async_callback(_bounded, sandboxes.aclose, 0.2)
+        await self.reporter.start()
+        stack.push_async_callback(_bounded, self.reporter.aclose, 0.2)
+        pool = WarmPool(sandboxes, settings) if settings.warm_pool_size > 0 and self.host.isolated else None
+        dependencies = self.dependencies = DependencyManager(
+            settings, on_change=pool.invalidate if pool is not None else None, host=self.host
+        )
+        stack.push_async_callback(_bounded, dependencies.aclose, 0.2)
+        engine = Engine(settings, sandboxes, warm_source=pool)
+        service = self.service = ExecutionService(
+            settings, engine, self.reporter, pool=pool, dependencies=dependencies
+        )
+        await service.start()
+        if pool is not None:
+            await pool.start()
+            stack.push_async_callback(_bounded, pool.aclose, 0.3)
+        return service
+
+    def on_signal(self, signum: int) -> None:
+        if self._signalled is not None:
+            # A second signal during shutdown: leave now, whatever is in flight.
+            log.warning("second_signal_exit", signal=signal.Signals(signum).name)
+            os._exit(_EXIT_CODES.get(signal.Signals(signum), 1))
+        self._signalled = signum
+        self.exit_code = _EXIT_CODES.get(signal.Signals(signum), 1)
+        asyncio.get_running_loop().create_task(self.shutdown(signal.Signals(signum)))
+
+    async def shutdown(self, signum: signal.Signals) -> None:
+        """Record every unfinished execution, tell the control plane, stop serving."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SHUTDOWN_BUDGET_SECONDS - 0.2
+        # The budget is a promise to the orchestrator: if anything below hangs, exit anyway.
+        loop.call_at(deadline + 0.1, os._exit, self.exit_code)
+        log.info("shutdown_started", signal=signum.name)
+        # A running dependency sync finishes within its grace or answers 503 before we stop.
+        deps = self.dependencies
+        syncs = asyncio.ensure_future(deps.shutdown(SYNC_GRACE_SECONDS)) if deps is not None else None
+        if self.service is not None:
+            budget = max(0.1, deadline - loop.time() - 0.6)
+            try:
+                aborted = await asyncio.wait_for(self.service.abort_all(), budget)
+                log.info("executions_aborted", count=len(aborted))
+            except Exception:
+                log.exception("abort_failed")
+        reason = _EXIT_REASONS.get(signum, signum.name.lower())
+        remaining = max(0.05, deadline - loop.time() - 0.2)
+        # The exit notice and the results' delivery share the remaining budget.
+        await asyncio.gather(
+            asyncio.wait_for(self.reporter.announce_exited(self.exit_code, reason), remaining),
+            self.reporter.flush(remaining),
+            return_exceptions=True,
+        )
+        if syncs is not None:
+            await syncs
+        if self.server is not None:
+            self.server.should_exit = True
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.on_signal, signum)
+        async with contextlib.AsyncExitStack() as stack:
+            service = await self.start(stack)
+            if not await self.serve(service) and self._signalled is None:
+                return 1
+        return self.exit_code
+
+    async def serve(self, service: ExecutionService) -> bool:
+        """Serve HTTP until shutdown; False when the server never started (port taken)."""
+        config = uvicorn.Config(
+            create_app(service),
+            host=self.settings.executor_host,
+            port=self.settings.executor_port,
+            log_config=None,
+            access_log=True,
+            timeout_graceful_shutdown=1,
+            lifespan="off",
+            server_header=False,
+        )
+        self.server = _Server(config)
+        # A signal during start-up: its shutdown found no server to stop.
+        self.server.should_exit = self._signalled is not None
+        serving = asyncio.create_task(self.server.serve())
+        while not self.server.started and not serving.done():  # noqa: ASYNC110 - uvicorn exposes a flag only
+            await asyncio.sleep(0.01)
+        if self.server.started:
+            log.info(
+                "executor_listening",
+                host=self.settings.executor_host,
+                port=self.settings.executor_port,
+                isolation=self.settings.isolation,
+                control_plane=bool(self.settings.control_plane_url),
+            )
+            self.reporter.announce_ready()
+        await serving
+        return bool(self.server.started)
+
+
+def serve() -> int:
+    """Entry point of `sandbox-executor serve`; returns the process exit status."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.container_identity)
+    if settings.disable_bwrap:
+        log.warning(
+            "isolation_disabled",
+            detail="DISABLE_BWRAP=true: user code runs WITHOUT a sandbox. Development only.",
+        )
+    host = HostProfile.probe(settings)
+    failures = [c for c in run_checks(settings, host) if not c.ok]
+    if failures:
+        for check in failures:
+            log.error("startup_check_failed", check=check.name, detail=check.detail, remedy=check.remedy)
+            print(
+                f"sandbox-executor: {check.name}: {check.detail}\n  remedy: {check.remedy}", file=sys.stderr
+            )
+        return 1
+    daemon = Daemon(settings, host)
+    code = asyncio.run(daemon.run())
+    if daemon.signalled:
+        # Interpreter teardown (FastAPI/pydantic) takes up to half a second we do not have
+        # inside the 2 s shutdown budget; everything durable is already on disk.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
