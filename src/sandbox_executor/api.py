@@ -12,7 +12,7 @@ import uuid
 from typing import Any, Literal
 
 import structlog
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,11 +30,18 @@ from .errors import (
     InternalError,
     InvalidRequest,
     NotFound,
+    PathRefused,
+    PayloadTooLarge,
     Unauthorized,
     Unavailable,
 )
+from .files import WorkspaceFiles
+from .files_routes import UPLOAD_PREFIX, add_file_routes
+from .mcp_http import McpEndpoint
 from .models import EXECUTION_ID_RE, ExecuteRequest, ExecutionResult
 from .service import ExecutionService
+from .sse import MEDIA_TYPE as EVENT_STREAM
+from .sse import event_stream_response, parse_last_event_id
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +92,13 @@ class Unhealthy(BaseModel):
     reason: str
 
 
+_STREAM_DOC = (
+    'with stream=true, Server-Sent Events, each with an id: `status` ({"status": "queued"|'
+    '"running"}), `stdout`/`stderr` ({"data": text}, plus "truncated": true once a cap '
+    "dropped output), then one `result` (the body of ?wait=true); `: ping` comments when idle"
+)
+_EVENT_STREAM_SCHEMA: dict[str, Any] = {"schema": {"type": "string"}}
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Invalid request"},
     401: {"model": ErrorBody, "description": "Missing or wrong bearer token (EXECUTOR_API_TOKEN)"},
@@ -97,7 +111,8 @@ class BodyLimitMiddleware:
     """Refuses bodies over ``limit`` bytes before anything parses them (400).
 
     It also reads every POST body as JSON whatever its Content-Type (every route takes
-    JSON), so a `curl -d` without a header is not misread as a form.
+    JSON), so a `curl -d` without a header is not misread as a form. File uploads (PUT
+    under UPLOAD_PREFIX) stream to disk under their own cap, MAX_UPLOAD_BYTES.
     """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
@@ -105,7 +120,9 @@ class BodyLimitMiddleware:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            scope.get("method") == "PUT" and str(scope.get("path", "")).startswith(UPLOAD_PREFIX)
+        ):
             await self.app(scope, receive, send)
             return
         if scope.get("method") == "POST":
@@ -198,6 +215,8 @@ def _request_id(scope: Scope) -> str:
 # The one place where a domain error becomes an HTTP status; the most specific class wins.
 STATUS_BY_ERROR: dict[type[ExecutorError], int] = {
     InvalidRequest: 400,
+    PathRefused: 403,
+    PayloadTooLarge: 413,
     Unauthorized: 401,
     NotFound: 404,
     Conflict: 409,
@@ -234,8 +253,11 @@ def error_response(scope: Scope, error: ExecutorError) -> JSONResponse:
 
 
 # ---------------------------------------------------------------------- app
-def create_app(service: ExecutionService) -> FastAPI:
-    """The ASGI app around ``service``."""
+def create_app(
+    service: ExecutionService, *, files: WorkspaceFiles | None = None, mcp: McpEndpoint | None = None
+) -> FastAPI:
+    """The ASGI app around ``service``: the file routes serve ``files`` (default: the
+    configured workspace), ``/mcp`` is served by ``mcp`` when given (the daemon's)."""
     settings = service.settings
     app = FastAPI(
         title="sandbox-executor",
@@ -292,15 +314,30 @@ def create_app(service: ExecutionService) -> FastAPI:
         response_model=ExecuteAccepted | ExecutionWithId,
         responses={
             **_ERRORS,
+            200: {
+                "content": {EVENT_STREAM: _EVENT_STREAM_SCHEMA},
+                "description": "Accepted (JSON); with wait=true the final result; " + _STREAM_DOC,
+            },
             409: {"model": ErrorBody, "description": "Same execution_id, different payload"},
             503: {"model": ErrorBody, "description": "Queue full or shutting down (see Retry-After)"},
         },
-        summary="Accept an execution (200 at once); ?wait=true answers with the result",
+        summary="Accept an execution (200 at once); ?wait=true answers with the result, "
+        "?stream=true streams its output live (text/event-stream)",
     )
     async def execute(
         body: ExecuteRequest,
         wait: bool = Query(default=False, description="Answer with the final result when the run ends"),
+        stream: bool = Query(
+            default=False, description="Answer text/event-stream: status, stdout/stderr live, then result"
+        ),
+        last_event_id: str | None = Header(
+            default=None, alias="Last-Event-ID", description="With stream=true: resume after this event id"
+        ),
     ) -> Any:
+        if stream:
+            after = parse_last_event_id(last_event_id)  # a bad id is a 400 before acceptance
+            record, _ = service.submit(body)
+            return _event_stream(record.execution_id, after)
         record, created = service.submit(body)
         if wait:
             await record.done.wait()
@@ -325,6 +362,46 @@ def create_app(service: ExecutionService) -> FastAPI:
                 f"and at most {settings.executions_retention_count}.",
             )
         return record.view()
+
+    @app.get(
+        "/executions/{execution_id}/events",
+        response_class=Response,
+        responses={
+            **_ERRORS,
+            200: {"content": {EVENT_STREAM: _EVENT_STREAM_SCHEMA}, "description": _STREAM_DOC},
+            404: {"model": ErrorBody, "description": "Unknown or expired id"},
+        },
+        summary="Live output of an execution (text/event-stream): what was kept so far, then live",
+    )
+    async def execution_events(
+        execution_id: str = Path(pattern=EXECUTION_ID_RE.pattern),
+        last_event_id: str | None = Query(
+            default=None,
+            pattern=r"^[0-9]{1,18}$",
+            description="Resume after this event id (for clients that cannot send Last-Event-ID)",
+        ),
+        last_event_id_header: str | None = Header(
+            default=None, alias="Last-Event-ID", description="Resume after this event id"
+        ),
+    ) -> Response:
+        # A reconnecting EventSource sends the header; it is newer than its URL's query.
+        after = parse_last_event_id(last_event_id_header or last_event_id)
+        return _event_stream(execution_id, after)
+
+    def _event_stream(execution_id: str, after: int) -> Response:
+        log = service.event_logs.get(execution_id)
+        if log is None:
+            raise NotFound(
+                f"No execution {execution_id} (unknown or expired).",
+                solution=f"Executions are kept for {settings.executions_retention_seconds} s "
+                f"and at most {settings.executions_retention_count}.",
+            )
+        return event_stream_response(
+            log,
+            after,
+            keepalive_seconds=settings.stream_keepalive_seconds,
+            stall_timeout=settings.stream_stall_timeout_seconds,
+        )
 
     @app.get(
         "/health",
@@ -363,6 +440,10 @@ def create_app(service: ExecutionService) -> FastAPI:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     _add_dependency_route(app, service)
+    add_file_routes(app, files or WorkspaceFiles.from_settings(settings), ErrorBody, _ERRORS)
+    if mcp is not None:
+        # Not an OpenAPI route: the MCP protocol (Streamable HTTP), behind the same token.
+        app.router.routes.append(mcp.route())
     return app
 
 

@@ -114,13 +114,13 @@ class EventStreamResponse(StreamingResponse):
 
 def event_stream_response(
     event_log: EventLog,
-    last_event_id: str | None = None,
+    after: int = 0,
     *,
     keepalive_seconds: float = 15.0,
     stall_timeout: float = 60.0,
 ) -> EventStreamResponse:
-    """The response of ``GET /executions/{id}/events`` (and of ``POST /execute?stream=true``)."""
-    after = parse_last_event_id(last_event_id)
+    """The response of ``GET /executions/{id}/events`` (and of ``POST /execute?stream=true``):
+    the events after id ``after`` (see :func:`parse_last_event_id`)."""
     return EventStreamResponse(
         sse_chunks(event_log, after, keepalive_seconds),
         stall_timeout=stall_timeout,

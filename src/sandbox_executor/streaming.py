@@ -21,7 +21,7 @@ import codecs
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, Protocol
 
 from .models import ExecutionResult
 
@@ -32,6 +32,12 @@ EventKind = Literal["status", "stdout", "stderr", "result"]
 FLUSH_INTERVAL_SECONDS = 0.1
 # ... or as soon as this much of it is waiting (bounds one event's size).
 FLUSH_BYTES = 16 * 1024
+
+
+class OutputSink(Protocol):
+    """Where a sandbox hands its output as it reads it (an :class:`EventLog`)."""
+
+    def write(self, stream: Stream, data: bytes) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,9 +292,17 @@ class EventLogs:
 
 async def relay(log: EventLog, stdout: BinaryIO, stderr: BinaryIO) -> None:
     """Copy the program's output to ``stdout``/``stderr`` as it arrives, until the result
-    (``sandbox-executor run --stream``; the caller prints the result itself)."""
+    (``sandbox-executor run --stream``; the caller prints the result itself).
+
+    Writes happen in a worker thread: a terminal or pipe that stops reading holds this
+    copy back, never the event loop that captures the run and enforces its deadline.
+    """
     async for event in log.follow():
         if event is not None and event.kind in ("stdout", "stderr"):
             target = stdout if event.kind == "stdout" else stderr
-            target.write(json.loads(event.data)["data"].encode("utf-8"))
-            target.flush()
+            await asyncio.to_thread(_write_flush, target, json.loads(event.data)["data"].encode("utf-8"))
+
+
+def _write_flush(target: BinaryIO, data: bytes) -> None:
+    target.write(data)
+    target.flush()

@@ -116,7 +116,7 @@ def make_app(daemon: Daemon, keepalive: float, stall_timeout: float) -> Starlett
         else:
             response = event_stream_response(
                 log,
-                request.headers.get("last-event-id"),
+                parse_last_event_id(request.headers.get("last-event-id")),
                 keepalive_seconds=keepalive,
                 stall_timeout=stall_timeout,
             )

@@ -90,8 +90,9 @@ async def test_upload_and_download_round_trip_bytes_exactly(
 ) -> None:
     rng = random.Random(size)
     data = rng.randbytes(size)
-    entry = await files.write("in/deep/er/blob.bin", chunked(data, rng))
-    assert (entry.path, entry.size, entry.type) == ("in/deep/er/blob.bin", size, "file")
+    stored = await files.write("in/deep/er/blob.bin", chunked(data, rng))
+    entry = stored.file
+    assert (entry.path, entry.size, entry.type, stored.created) == ("in/deep/er/blob.bin", size, "file", True)
     assert (ws / "in/deep/er/blob.bin").read_bytes() == data
     opened = files.open_file("in/deep/er/blob.bin")
     assert opened.size == size
@@ -116,7 +117,7 @@ async def test_created_files_and_directories_belong_to_the_sandbox_user(
 async def test_upload_replaces_an_existing_file_atomically(files: WorkspaceFiles, ws: Path) -> None:
     (ws / "f.txt").write_bytes(b"old")
     reader = open(ws / "f.txt", "rb")  # held open across the replacement
-    await files.write_bytes("f.txt", b"new content")
+    assert not (await files.write_bytes("f.txt", b"new content")).created
     assert reader.read() == b"old", "the old inode is untouched: no partial file ever existed"
     reader.close()
     assert (ws / "f.txt").read_bytes() == b"new content"
