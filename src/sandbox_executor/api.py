@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, metrics
@@ -97,7 +98,19 @@ _STREAM_DOC = (
     '"running"}), `stdout`/`stderr` ({"data": text}, plus "truncated": true once a cap '
     "dropped output), then one `result` (the body of ?wait=true); `: ping` comments when idle"
 )
-_EVENT_STREAM_SCHEMA: dict[str, Any] = {"schema": {"type": "string"}}
+# One event of the stream (OpenAPI describes a text/event-stream by its events).
+_EVENT_STREAM_SCHEMA: dict[str, Any] = {
+    "schema": {
+        "type": "object",
+        "required": ["event", "id", "data"],
+        "properties": {
+            "event": {"enum": ["status", "stdout", "stderr", "result"]},
+            "id": {"type": "string", "pattern": "^[0-9]+$"},
+            "data": {"type": "string", "contentMediaType": "application/json"},
+        },
+    }
+}
+_EVENT_ID = r"^[0-9]{0,18}$"  # empty: from the first event
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Invalid request"},
@@ -252,6 +265,16 @@ def error_response(scope: Scope, error: ExecutorError) -> JSONResponse:
     )
 
 
+def _allowed_methods(app: FastAPI, scope: Scope) -> set[str]:
+    """Every method some route serves at the request's path."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return methods
+
+
 # ---------------------------------------------------------------------- app
 def create_app(
     service: ExecutionService, *, files: WorkspaceFiles | None = None, mcp: McpEndpoint | None = None
@@ -302,7 +325,11 @@ def create_app(
             exc.status_code, "Executor.HTTPError"
         )
         body = {**ExecutorError(str(exc.detail)).body(_request_id(request.scope)), "error_code": code}
-        return JSONResponse(body, status_code=exc.status_code, headers=dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route of the path only.
+            headers["Allow"] = ", ".join(sorted(_allowed_methods(app, request.scope)))
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
@@ -330,8 +357,11 @@ def create_app(
         stream: bool = Query(
             default=False, description="Answer text/event-stream: status, stdout/stderr live, then result"
         ),
-        last_event_id: str | None = Header(
-            default=None, alias="Last-Event-ID", description="With stream=true: resume after this event id"
+        last_event_id: str = Header(
+            default="",
+            alias="Last-Event-ID",
+            pattern=_EVENT_ID,
+            description="With stream=true: resume after this event id",
         ),
     ) -> Any:
         if stream:
@@ -375,13 +405,13 @@ def create_app(
     )
     async def execution_events(
         execution_id: str = Path(pattern=EXECUTION_ID_RE.pattern),
-        last_event_id: str | None = Query(
-            default=None,
-            pattern=r"^[0-9]{1,18}$",
+        last_event_id: str = Query(
+            default="",
+            pattern=_EVENT_ID,
             description="Resume after this event id (for clients that cannot send Last-Event-ID)",
         ),
-        last_event_id_header: str | None = Header(
-            default=None, alias="Last-Event-ID", description="Resume after this event id"
+        last_event_id_header: str = Header(
+            default="", alias="Last-Event-ID", pattern=_EVENT_ID, description="Resume after this event id"
         ),
     ) -> Response:
         # A reconnecting EventSource sends the header; it is newer than its URL's query.

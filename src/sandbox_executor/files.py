@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .artifacts import guess_mime
 from .config import Settings
-from .errors import Conflict, InvalidRequest, PathRefused, PayloadTooLarge
+from .errors import Conflict, PathRefused, PayloadTooLarge
 from .workspace_paths import DIR_FLAGS, Beneath, EntryType, entry_type, split_path
 
 READ_CHUNK = 256 * 1024
@@ -150,7 +150,7 @@ class WorkspaceFiles:
     def _require_regular(mode: int, path: str) -> None:
         kind = entry_type(mode)
         if kind == "directory":
-            raise InvalidRequest(
+            raise Conflict(
                 f"{path[:256]} is a directory.", solution="List it with GET /files?path=DIR instead."
             )
         if kind != "file":

@@ -47,7 +47,7 @@ def add_file_routes(
         response_class=Response,
         responses={
             200: {"content": {"*/*": _BINARY}, "description": "The file's bytes; Content-Type detected"},
-            **errors({403: refused, 404: "No such file"}),
+            **errors({403: refused, 404: "No such file", 409: "The path names a directory"}),
         },
         summary="Download a workspace file",
     )
@@ -70,12 +70,13 @@ def add_file_routes(
                 {
                     403: refused,
                     404: "A parent directory vanished meanwhile",
-                    409: "The path is a directory",
+                    409: "The path is a directory, or a file stands where it names a directory",
                     413: "Over MAX_UPLOAD_BYTES, or no room left in the workspace",
                 }
             ),
         },
-        openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": _BINARY}}},
+        # No body at all is an empty file, as with `touch`.
+        openapi_extra={"requestBody": {"required": False, "content": {"application/octet-stream": _BINARY}}},
         summary="Upload a workspace file (parent directories created; all of it or nothing)",
     )
     async def upload_file(path: str, request: Request) -> Any:
@@ -92,7 +93,7 @@ def add_file_routes(
     @app.get(
         "/files",
         response_model=Listing,
-        responses=errors({403: refused, 404: "No such directory"}),
+        responses=errors({403: refused, 404: "No such directory", 409: "The path names a file"}),
         summary="List a workspace directory: name, path, type, size, mtime of each entry",
     )
     async def list_files(path: str = Query(default="", description=_PATH_DOC)) -> Any:

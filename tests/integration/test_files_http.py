@@ -109,9 +109,9 @@ def test_errors_are_json_with_their_status(client: httpx.Client, server: Running
     assert {name: answer.status_code for name, answer in answers.items()} == {
         "missing file": 404,
         "missing dir": 404,
-        "a directory downloaded": 400,
+        "a directory downloaded": 409,
         "upload onto a directory": 409,
-        "a file used as a directory": 400,
+        "a file used as a directory": 409,
         "over MAX_UPLOAD_BYTES": 413,
         "no token": 401,
     }
