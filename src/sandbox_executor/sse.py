@@ -43,7 +43,10 @@ def encode_fields(data: str, *, event_id: int | None = None, event: str | None =
         if _LINE_BREAK.search(event):
             raise ValueError("an SSE event name cannot contain a line break")
         lines.append(f"event: {event}")
-    lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
+    if "\n" in data or "\r" in data:
+        lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
+    else:  # JSON text never holds a raw line break: the common case skips the regex
+        lines.append(f"data: {data}")
     return ("\n".join(lines) + "\n\n").encode("utf-8")
 
 

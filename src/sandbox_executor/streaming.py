@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, Protocol
 
+from pydantic_core import to_json
+
 from .models import ExecutionResult
 
 Stream = Literal["stdout", "stderr"]
@@ -71,7 +73,9 @@ class _StreamState:
 
 
 def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # pydantic's serializer: compact UTF-8 like json.dumps(ensure_ascii=False), 3x faster on
+    # the 16 KiB strings of output events (every subscriber encodes every event).
+    return to_json(value).decode("utf-8")
 
 
 class EventLog:
