@@ -12,6 +12,8 @@ import sys
 
 import structlog
 
+from .sse import StalledStreamFilter
+
 _SHARED: list[structlog.types.Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
@@ -39,6 +41,8 @@ def configure_logging(level: str = "INFO", container_id: str | None = None) -> N
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True
+    # A live-output client dropped for stalling is a warning of ours, not a server error.
+    logging.getLogger("uvicorn.error").addFilter(StalledStreamFilter())
     # One INFO line per callback (every heartbeat) is noise; the reporter logs outcomes.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

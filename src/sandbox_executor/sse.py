@@ -10,12 +10,14 @@ nobody, and uvicorn's own write buffer, 64 KiB, is all that waits for the client
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 
 import structlog
 from starlette.responses import StreamingResponse
-from starlette.types import Message, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from .errors import InvalidRequest
 from .streaming import Event, EventLog
@@ -80,6 +82,20 @@ async def sse_chunks(
         yield KEEPALIVE_COMMENT if event is None else encode_event(event)
 
 
+# The event stream a request's task is serving (the server runs each request in a task
+# of its own, and logs from it once the app returned).
+_serving: ContextVar[EventStreamResponse | None] = ContextVar("event_stream", default=None)
+
+
+class StalledStreamFilter(logging.Filter):
+    """Drops the server's error for a response left unfinished when that response is a
+    stream we cut off on purpose (``event_stream_client_stalled`` said so already)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        response = _serving.get()
+        return not (response is not None and response.stalled and "without completing" in record.msg)
+
+
 class EventStreamResponse(StreamingResponse):
     """A ``text/event-stream`` response that drops a client stalled for ``stall_timeout`` s."""
 
@@ -88,6 +104,10 @@ class EventStreamResponse(StreamingResponse):
         self.stall_timeout = stall_timeout
         self.execution_id = execution_id
         self.stalled = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        _serving.set(self)
+        await super().__call__(scope, receive, send)
 
     async def stream_response(self, send: Send) -> None:
         async def bounded(message: Message) -> None:
