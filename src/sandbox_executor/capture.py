@@ -27,8 +27,13 @@ class BoundedCapture(asyncio.Protocol):
 
     def attach(self, sink: Callable[[bytes], None]) -> None:
         """Hand every chunk to ``sink`` as it arrives, before the cap (live output: the
-        sink applies the same cap and notices what is dropped)."""
+        sink applies the same cap and notices what is dropped). What was kept before, if
+        anything (a warm interpreter's start-up), goes first, so both hold the same text."""
         self._sink = sink
+        if self.kept:
+            sink(self.data())
+        if self.truncated:
+            sink(b"\0")  # stands for what was dropped: past the same cap, it is only counted
 
     def data_received(self, data: bytes) -> None:
         self.total += len(data)
