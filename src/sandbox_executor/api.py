@@ -36,13 +36,13 @@ from .errors import (
     Unauthorized,
     Unavailable,
 )
+from .events_routes import EVENT_ID_PATTERN, EVENT_STREAM_CONTENT, STREAM_DOC, add_event_routes, event_stream
 from .files import WorkspaceFiles
 from .files_routes import UPLOAD_PREFIX, add_file_routes
 from .mcp_http import McpEndpoint
 from .models import EXECUTION_ID_RE, ExecuteRequest, ExecutionResult
 from .service import ExecutionService
-from .sse import MEDIA_TYPE as EVENT_STREAM
-from .sse import event_stream_response, parse_last_event_id
+from .sse import parse_last_event_id
 
 log = structlog.get_logger(__name__)
 
@@ -92,25 +92,6 @@ class Unhealthy(BaseModel):
     status: Literal["unhealthy"]
     reason: str
 
-
-_STREAM_DOC = (
-    'with stream=true, Server-Sent Events, each with an id: `status` ({"status": "queued"|'
-    '"running"}), `stdout`/`stderr` ({"data": text}, plus "truncated": true once a cap '
-    "dropped output), then one `result` (the body of ?wait=true); `: ping` comments when idle"
-)
-# One event of the stream (OpenAPI describes a text/event-stream by its events).
-_EVENT_STREAM_SCHEMA: dict[str, Any] = {
-    "schema": {
-        "type": "object",
-        "required": ["event", "id", "data"],
-        "properties": {
-            "event": {"enum": ["status", "stdout", "stderr", "result"]},
-            "id": {"type": "string", "pattern": "^[0-9]+$"},
-            "data": {"type": "string", "contentMediaType": "application/json"},
-        },
-    }
-}
-_EVENT_ID = r"^[0-9]{0,18}$"  # empty: from the first event
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Invalid request"},
@@ -342,8 +323,8 @@ def create_app(
         responses={
             **_ERRORS,
             200: {
-                "content": {EVENT_STREAM: _EVENT_STREAM_SCHEMA},
-                "description": "Accepted (JSON); with wait=true the final result; " + _STREAM_DOC,
+                "content": EVENT_STREAM_CONTENT,
+                "description": "Accepted (JSON); with wait=true the final result; " + STREAM_DOC,
             },
             409: {"model": ErrorBody, "description": "Same execution_id, different payload"},
             503: {"model": ErrorBody, "description": "Queue full or shutting down (see Retry-After)"},
@@ -360,14 +341,14 @@ def create_app(
         last_event_id: str = Header(
             default="",
             alias="Last-Event-ID",
-            pattern=_EVENT_ID,
+            pattern=EVENT_ID_PATTERN,
             description="With stream=true: resume after this event id",
         ),
     ) -> Any:
         if stream:
             after = parse_last_event_id(last_event_id)  # a bad id is a 400 before acceptance
             record, _ = service.submit(body)
-            return _event_stream(record.execution_id, after)
+            return event_stream(service.event_logs, settings, record.execution_id, after)
         record, created = service.submit(body)
         if wait:
             await record.done.wait()
@@ -392,46 +373,6 @@ def create_app(
                 f"and at most {settings.executions_retention_count}.",
             )
         return record.view()
-
-    @app.get(
-        "/executions/{execution_id}/events",
-        response_class=Response,
-        responses={
-            **_ERRORS,
-            200: {"content": {EVENT_STREAM: _EVENT_STREAM_SCHEMA}, "description": _STREAM_DOC},
-            404: {"model": ErrorBody, "description": "Unknown or expired id"},
-        },
-        summary="Live output of an execution (text/event-stream): what was kept so far, then live",
-    )
-    async def execution_events(
-        execution_id: str = Path(pattern=EXECUTION_ID_RE.pattern),
-        last_event_id: str = Query(
-            default="",
-            pattern=_EVENT_ID,
-            description="Resume after this event id (for clients that cannot send Last-Event-ID)",
-        ),
-        last_event_id_header: str = Header(
-            default="", alias="Last-Event-ID", pattern=_EVENT_ID, description="Resume after this event id"
-        ),
-    ) -> Response:
-        # A reconnecting EventSource sends the header; it is newer than its URL's query.
-        after = parse_last_event_id(last_event_id_header or last_event_id)
-        return _event_stream(execution_id, after)
-
-    def _event_stream(execution_id: str, after: int) -> Response:
-        log = service.event_logs.get(execution_id)
-        if log is None:
-            raise NotFound(
-                f"No execution {execution_id} (unknown or expired).",
-                solution=f"Executions are kept for {settings.executions_retention_seconds} s "
-                f"and at most {settings.executions_retention_count}.",
-            )
-        return event_stream_response(
-            log,
-            after,
-            keepalive_seconds=settings.stream_keepalive_seconds,
-            stall_timeout=settings.stream_stall_timeout_seconds,
-        )
 
     @app.get(
         "/health",
@@ -470,6 +411,7 @@ def create_app(
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     _add_dependency_route(app, service)
+    add_event_routes(app, service.event_logs, settings, ErrorBody, _ERRORS)
     add_file_routes(app, files or WorkspaceFiles.from_settings(settings), ErrorBody, _ERRORS)
     if mcp is not None:
         # Not an OpenAPI route: the MCP protocol (Streamable HTTP), behind the same token.
