@@ -40,7 +40,7 @@ serve: setup
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 test: setup
 	SANDBOX_TEST_WARM_POOL=0 $(PYTEST) $(PYTEST_ARGS)
-	SANDBOX_TEST_WARM_POOL=1 $(PYTEST) tests/integration/test_engine_*.py tests/integration/test_api.py tests/security
+	SANDBOX_TEST_WARM_POOL=1 $(PYTEST) tests/integration/test_engine_*.py tests/integration/test_api.py tests/integration/test_live_output.py tests/security
 	SECURITY_DAEMON_USER=nobody $(PYTEST) tests/security
 
 lint: setup

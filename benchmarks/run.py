@@ -14,7 +14,9 @@ Measures, in one run on this machine (it must run as root, like the daemon in te
 * the result callback: the daemon reports to a fake control plane on loopback (the tests'
   ``FakeControlPlane``, in its own process); the delay is the callback's arrival minus
   the moment the handler returned (``time.monotonic()`` is one clock for every process);
-* the daemon: RSS and open descriptors when idle, then after 1000 back-to-back executions.
+* the daemon: RSS and open descriptors when idle, then after 1000 back-to-back executions;
+* live output (``benchmarks/live_output.py``): a warm hello over ``?stream=true`` vs
+  ``?wait=true``, the delay from a program's write to an SSE client, and slow clients.
 
 It prints medians, p95 and the ratios to the bare runs, checks the latency and footprint targets, and
 writes the same figures to ``benchmarks/results/latest.json``. About two minutes.
@@ -42,6 +44,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 import httpx  # noqa: E402
 
+from benchmarks import live_output  # noqa: E402
 from sandbox_executor.bwrap import SandboxSpec, build_bwrap_argv  # noqa: E402
 from sandbox_executor.host import host_system_mounts  # noqa: E402
 from sandbox_executor.runtimes import base_environment  # noqa: E402
@@ -424,7 +427,7 @@ def ratio(a: float, b: float) -> float:
     return round(a / b, 3) if b else float("nan")
 
 
-def build_report(bare: dict[str, Any], ex: dict[str, Any]) -> dict[str, Any]:
+def build_report(bare: dict[str, Any], ex: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
     base = bare["python3 -c pass"]["median_ms"]
     rows = []
     for language, binary in BINARY.items():
@@ -479,7 +482,13 @@ def build_report(bare: dict[str, Any], ex: dict[str, Any]) -> dict[str, Any]:
             "met": fp["rss_growth_bytes"] < 2**20 and fp["fd_growth"] <= 0,
         },
     }
-    return {"bare": bare, "executor": ex, "rows": rows, "targets": targets}
+    added = live["stream_vs_wait_python_warm"]["added_median_ms"]
+    targets["?stream=true adds <= 1 ms to a warm python hello (median)"] = {
+        "value": added,
+        "limit": "<= 1 ms",
+        "met": added <= 1.0,
+    }
+    return {"bare": bare, "executor": ex, "live_output": live, "rows": rows, "targets": targets}
 
 
 def print_report(report: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -526,6 +535,7 @@ def print_report(report: dict[str, Any], meta: dict[str, Any]) -> None:
         f"  pool at end: {fp['pool_at_end']['warm_sandboxes']} sandbox(es), "
         f"{(fp['pool_at_end']['memory_bytes'] or 0) / 2**20:.1f} MiB"
     )
+    live_output.print_report(report["live_output"])
     print("\nTargets")
     for name, t in report["targets"].items():
         print(f"  [{'met' if t['met'] else 'MISSED'}] {name}: {t['value']} ({t['limit']})")
@@ -556,9 +566,11 @@ def main() -> int:
     try:
         print("executor: cold daemon, warm daemon, 1000 executions ...", flush=True)
         ex = measure_executor(cp, scale)
+        print("live output: stream vs wait, stdout to client, slow clients ...", flush=True)
+        live = live_output.measure(cp.url, cp.records, scale)
     finally:
         cp.close()
-    report = build_report(bare, ex)
+    report = build_report(bare, ex, live)
     commit = subprocess.run(
         ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True
     ).stdout.strip()

@@ -12,13 +12,14 @@ import uuid
 from typing import Any, Literal
 
 import structlog
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, metrics
@@ -30,11 +31,18 @@ from .errors import (
     InternalError,
     InvalidRequest,
     NotFound,
+    PathRefused,
+    PayloadTooLarge,
     Unauthorized,
     Unavailable,
 )
+from .events_routes import EVENT_ID_PATTERN, EVENT_STREAM_CONTENT, STREAM_DOC, add_event_routes, event_stream
+from .files import WorkspaceFiles
+from .files_routes import UPLOAD_PREFIX, add_file_routes
+from .mcp_http import McpEndpoint
 from .models import EXECUTION_ID_RE, ExecuteRequest, ExecutionResult
 from .service import ExecutionService
+from .sse import parse_last_event_id
 
 log = structlog.get_logger(__name__)
 
@@ -97,7 +105,8 @@ class BodyLimitMiddleware:
     """Refuses bodies over ``limit`` bytes before anything parses them (400).
 
     It also reads every POST body as JSON whatever its Content-Type (every route takes
-    JSON), so a `curl -d` without a header is not misread as a form.
+    JSON), so a `curl -d` without a header is not misread as a form. File uploads (PUT
+    under UPLOAD_PREFIX) stream to disk under their own cap, MAX_UPLOAD_BYTES.
     """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
@@ -105,7 +114,9 @@ class BodyLimitMiddleware:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+            scope.get("method") == "PUT" and str(scope.get("path", "")).startswith(UPLOAD_PREFIX)
+        ):
             await self.app(scope, receive, send)
             return
         if scope.get("method") == "POST":
@@ -198,6 +209,8 @@ def _request_id(scope: Scope) -> str:
 # The one place where a domain error becomes an HTTP status; the most specific class wins.
 STATUS_BY_ERROR: dict[type[ExecutorError], int] = {
     InvalidRequest: 400,
+    PathRefused: 403,
+    PayloadTooLarge: 413,
     Unauthorized: 401,
     NotFound: 404,
     Conflict: 409,
@@ -233,9 +246,22 @@ def error_response(scope: Scope, error: ExecutorError) -> JSONResponse:
     )
 
 
+def _allowed_methods(app: FastAPI, scope: Scope) -> set[str]:
+    """Every method some route serves at the request's path."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return methods
+
+
 # ---------------------------------------------------------------------- app
-def create_app(service: ExecutionService) -> FastAPI:
-    """The ASGI app around ``service``."""
+def create_app(
+    service: ExecutionService, *, files: WorkspaceFiles | None = None, mcp: McpEndpoint | None = None
+) -> FastAPI:
+    """The ASGI app around ``service``: the file routes serve ``files`` (default: the
+    configured workspace), ``/mcp`` is served by ``mcp`` when given (the daemon's)."""
     settings = service.settings
     app = FastAPI(
         title="sandbox-executor",
@@ -280,7 +306,11 @@ def create_app(service: ExecutionService) -> FastAPI:
             exc.status_code, "Executor.HTTPError"
         )
         body = {**ExecutorError(str(exc.detail)).body(_request_id(request.scope)), "error_code": code}
-        return JSONResponse(body, status_code=exc.status_code, headers=dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route of the path only.
+            headers["Allow"] = ", ".join(sorted(_allowed_methods(app, request.scope)))
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
@@ -292,15 +322,33 @@ def create_app(service: ExecutionService) -> FastAPI:
         response_model=ExecuteAccepted | ExecutionWithId,
         responses={
             **_ERRORS,
+            200: {
+                "content": EVENT_STREAM_CONTENT,
+                "description": "Accepted (JSON); with wait=true the final result; " + STREAM_DOC,
+            },
             409: {"model": ErrorBody, "description": "Same execution_id, different payload"},
             503: {"model": ErrorBody, "description": "Queue full or shutting down (see Retry-After)"},
         },
-        summary="Accept an execution (200 at once); ?wait=true answers with the result",
+        summary="Accept an execution (200 at once); ?wait=true answers with the result, "
+        "?stream=true streams its output live (text/event-stream)",
     )
     async def execute(
         body: ExecuteRequest,
         wait: bool = Query(default=False, description="Answer with the final result when the run ends"),
+        stream: bool = Query(
+            default=False, description="Answer text/event-stream: status, stdout/stderr live, then result"
+        ),
+        last_event_id: str = Header(
+            default="",
+            alias="Last-Event-ID",
+            pattern=EVENT_ID_PATTERN,
+            description="With stream=true: resume after this event id",
+        ),
     ) -> Any:
+        if stream:
+            after = parse_last_event_id(last_event_id)  # a bad id is a 400 before acceptance
+            record, _ = service.submit(body)
+            return event_stream(service.event_logs, settings, record.execution_id, after)
         record, created = service.submit(body)
         if wait:
             await record.done.wait()
@@ -363,6 +411,11 @@ def create_app(service: ExecutionService) -> FastAPI:
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     _add_dependency_route(app, service)
+    add_event_routes(app, service.event_logs, settings, ErrorBody, _ERRORS)
+    add_file_routes(app, files or WorkspaceFiles.from_settings(settings), ErrorBody, _ERRORS)
+    if mcp is not None:
+        # Not an OpenAPI route: the MCP protocol (Streamable HTTP), behind the same token.
+        app.router.routes.append(mcp.route())
     return app
 
 

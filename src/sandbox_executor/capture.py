@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 
 
 class BoundedCapture(asyncio.Protocol):
@@ -22,9 +23,22 @@ class BoundedCapture(asyncio.Protocol):
         self.kept = 0
         self.total = 0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sink: Callable[[bytes], None] | None = None
+
+    def attach(self, sink: Callable[[bytes], None]) -> None:
+        """Hand every chunk to ``sink`` as it arrives, before the cap (live output: the
+        sink applies the same cap and notices what is dropped). What was kept before, if
+        anything (a warm interpreter's start-up), goes first, so both hold the same text."""
+        self._sink = sink
+        if self.kept:
+            sink(self.data())
+        if self.truncated:
+            sink(b"\0")  # stands for what was dropped: past the same cap, it is only counted
 
     def data_received(self, data: bytes) -> None:
         self.total += len(data)
+        if self._sink is not None:
+            self._sink(data)
         if self.tail:
             self._end += data
             if len(self._end) > self.limit:

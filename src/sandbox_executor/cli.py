@@ -1,4 +1,4 @@
-"""`sandbox-executor` command line: run, check, serve."""
+"""`sandbox-executor` command line: run, check, serve, mcp."""
 
 from __future__ import annotations
 
@@ -9,13 +9,17 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pydantic import ValidationError
 
 from .checks import run_checks
 from .config import Settings
 from .errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .models import ExecuteRequest, ExecutionResult
 
 
 def _settings(**overrides: object) -> Settings:
@@ -104,12 +108,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = base.model_copy(update={"workspace_path": str(workspace)})
     settings.__dict__.pop("workspace_dir", None)
     try:
-        result = asyncio.run(Engine(settings).execute_once(request))
+        engine = Engine(settings)
+        if args.stream:
+            result = asyncio.run(_run_streaming(engine, request))
+        else:
+            result = asyncio.run(engine.execute_once(request))
     finally:
         if temp is not None:
             temp.cleanup()
     sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     return 0 if result.status == "success" else 1
+
+
+async def _run_streaming(engine: Engine, request: ExecuteRequest) -> ExecutionResult:
+    """Run ``request``, copying its stdout/stderr to ours as they come (``run --stream``)."""
+    from .streaming import EventLog, relay
+
+    output = EventLog(request.execution_id, engine.settings.max_output_bytes)
+    copier = asyncio.create_task(relay(output, sys.stdout.buffer, sys.stderr.buffer))
+    try:
+        result = await engine.execute_once(request, output)
+    except BaseException:
+        copier.cancel()
+        raise
+    output.finish(result)
+    await copier
+    if result.stdout and not result.stdout.endswith("\n"):
+        sys.stdout.buffer.write(b"\n")  # the result's JSON starts on a line of its own
+        sys.stdout.buffer.flush()
+    return result
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -136,6 +163,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve()
 
 
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from .mcp_server import run_stdio
+
+    return run_stdio(args.workspace)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sandbox-executor", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,11 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workspace", help="workspace directory (default: a fresh temporary one)")
     run.add_argument("--env", action="append", metavar="NAME=VALUE", help="environment variable")
     run.add_argument("--execution-id", default="cli-run")
+    run.add_argument(
+        "--stream",
+        action="store_true",
+        help="print the program's stdout and stderr live (to stdout and stderr), then the result",
+    )
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="verify that sandboxes can run on this host")
     check.set_defaults(func=cmd_check)
     serve = sub.add_parser("serve", help="start the HTTP service")
     serve.set_defaults(func=cmd_serve)
+    mcp = sub.add_parser(
+        "mcp", help="serve the MCP tools over stdio (run_code and workspace files; no daemon needed)"
+    )
+    mcp.add_argument("--workspace", help="workspace directory (default: WORKSPACE_PATH)")
+    mcp.set_defaults(func=cmd_mcp)
     return parser
 
 

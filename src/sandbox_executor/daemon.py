@@ -23,8 +23,10 @@ from .config import Settings
 from .control_plane import ControlPlaneReporter
 from .dependencies import DependencyManager
 from .engine import Engine
+from .files import WorkspaceFiles
 from .host import HostProfile
 from .logging_setup import configure_logging
+from .mcp_http import McpEndpoint, ServiceBackend
 from .pool import WarmPool
 from .sandbox import SandboxFactory
 from .service import ExecutionService
@@ -63,6 +65,8 @@ class Daemon:
         self.server: _Server | None = None
         self.service: ExecutionService | None = None
         self.dependencies: DependencyManager | None = None
+        self.files = WorkspaceFiles.from_settings(settings)
+        self.mcp: McpEndpoint | None = None
         self.exit_code = 0
         self._signalled: int | None = None
 
@@ -90,6 +94,15 @@ class Daemon:
         if pool is not None:
             await pool.start()
             stack.push_async_callback(_bounded, pool.aclose, 0.3)
+        # /mcp: the SDK is imported on the first request only (idle memory budget).
+        self.mcp = McpEndpoint(
+            ServiceBackend(service),
+            self.files,
+            default_timeout=settings.default_timeout_seconds,
+            listen_host=settings.executor_host,
+            max_request_bytes=settings.max_request_bytes,
+        )
+        stack.push_async_callback(_bounded, self.mcp.aclose, 0.2)
         return service
 
     def on_signal(self, signum: int) -> None:
@@ -144,7 +157,7 @@ class Daemon:
     async def serve(self, service: ExecutionService) -> bool:
         """Serve HTTP until shutdown; False when the server never started (port taken)."""
         config = uvicorn.Config(
-            create_app(service),
+            create_app(service, files=self.files, mcp=self.mcp),
             host=self.settings.executor_host,
             port=self.settings.executor_port,
             log_config=None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -14,6 +14,9 @@ from .models import ExecuteRequest, ExecutionResult, Language, TerminationReason
 from .runtimes import job_from_request
 from .sandbox import Sandbox, SandboxFactory
 from .spawner import Spawner
+
+if TYPE_CHECKING:
+    from .streaming import OutputSink
 
 log = structlog.get_logger(__name__)
 
@@ -55,15 +58,19 @@ class Engine:
         """Stop the spawner helper (its sandboxes die with it)."""
         await self.sandboxes.aclose()
 
-    async def execute_once(self, request: ExecuteRequest) -> ExecutionResult:
+    async def execute_once(
+        self, request: ExecuteRequest, output: OutputSink | None = None
+    ) -> ExecutionResult:
         """Run one request and stop the helper process: for one-shot callers (CLI, check)."""
         try:
-            return await self.execute(request)
+            return await self.execute(request, output)
         finally:
             await self.aclose()
 
-    async def execute(self, request: ExecuteRequest) -> ExecutionResult:
-        """Run ``request`` to completion; never raises for anything the user code did."""
+    async def execute(self, request: ExecuteRequest, output: OutputSink | None = None) -> ExecutionResult:
+        """Run ``request`` to completion; never raises for anything the user code did.
+
+        ``output`` receives the program's stdout and stderr as they arrive (live output)."""
         job = job_from_request(request, self.settings)
         started = time.monotonic()
         sandbox = self.warm_source.take(request.language) if self.warm_source is not None else None
@@ -80,7 +87,7 @@ class Engine:
         if not self.host.isolated:
             log.warning("isolation_disabled", execution_id=request.execution_id)
         try:
-            result = await sandbox.run(job, request.stdin, str(self.settings.workspace_dir))
+            result = await sandbox.run(job, request.stdin, str(self.settings.workspace_dir), output=output)
         finally:
             await sandbox.discard()
         # /health reports sandboxes that cannot start until one starts again.

@@ -95,7 +95,8 @@ class NotFound(ExecutorError):
 
 
 class Conflict(ExecutorError):
-    """The id is taken by a different request."""
+    """The request conflicts with what exists: its id is taken by a different request, or
+    the workspace holds a directory where it names a file (or the reverse)."""
 
     error_code = "Executor.Conflict"
     default_solution = "Use a new execution_id for a different request."

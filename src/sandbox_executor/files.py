@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .artifacts import guess_mime
 from .config import Settings
-from .errors import Conflict, InvalidRequest, PathRefused, PayloadTooLarge
+from .errors import Conflict, PathRefused, PayloadTooLarge
 from .workspace_paths import DIR_FLAGS, Beneath, EntryType, entry_type, split_path
 
 READ_CHUNK = 256 * 1024
@@ -50,6 +50,14 @@ class Listing:
     path: str
     entries: list[FileEntry]
     truncated: bool  # more than max_list_entries entries (or names that are not text)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What an upload left: the file, and whether it is new (else it replaced one)."""
+
+    file: FileEntry
+    created: bool
 
 
 @dataclass
@@ -109,7 +117,6 @@ class WorkspaceFiles:
         owner = settings.sandbox_ids() if settings.runs_as_root else None
         return cls(settings.workspace_dir, settings.max_upload_bytes, owner)
 
-    # ------------------------------------------------------------------ lookups
     # ------------------------------------------------------------------ read
     def open_file(self, path: str) -> OpenedFile:
         """Open a regular file for reading (PathRefused for anything else)."""
@@ -143,7 +150,7 @@ class WorkspaceFiles:
     def _require_regular(mode: int, path: str) -> None:
         kind = entry_type(mode)
         if kind == "directory":
-            raise InvalidRequest(
+            raise Conflict(
                 f"{path[:256]} is a directory.", solution="List it with GET /files?path=DIR instead."
             )
         if kind != "file":
@@ -185,7 +192,7 @@ class WorkspaceFiles:
         return Listing(prefix, entries, truncated)
 
     # ------------------------------------------------------------------ write
-    async def write(self, path: str, chunks: AsyncIterable[bytes]) -> FileEntry:
+    async def write(self, path: str, chunks: AsyncIterable[bytes]) -> Stored:
         """Store ``chunks`` at ``path`` (parents created): all of it, or nothing."""
         parts = split_path(path)
         rootfd = self.paths.root_fd()
@@ -194,12 +201,12 @@ class WorkspaceFiles:
         finally:
             os.close(rootfd)
         try:
-            self._check_target(parent, parts[-1], path)
-            return await self._write_into(parent, parts, chunks)
+            existed = self._check_target(parent, parts[-1], path)
+            return Stored(await self._write_into(parent, parts, chunks), created=not existed)
         finally:
             os.close(parent)
 
-    async def write_bytes(self, path: str, data: bytes) -> FileEntry:
+    async def write_bytes(self, path: str, data: bytes) -> Stored:
         async def one() -> AsyncIterator[bytes]:
             yield data
 
@@ -225,17 +232,19 @@ class WorkspaceFiles:
             os.close(fd)
             raise
 
-    def _check_target(self, parent: int, name: str, path: str) -> None:
+    def _check_target(self, parent: int, name: str, path: str) -> bool:
+        """Whether a regular file is there to be replaced (nothing there: False)."""
         # rename() replaces a link or special file without following it; refusing them
         # anyway keeps one rule for every route: no path through or onto a link.
         try:
             mode = os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
         except FileNotFoundError:
-            return
+            return False
         if stat.S_ISDIR(mode):
             raise Conflict(f"{path[:256]} is a directory.", solution="Upload to a file path.")
         if not stat.S_ISREG(mode):
             self._require_regular(mode, path)
+        return True
 
     async def _write_into(
         self, parent: int, parts: tuple[str, ...], chunks: AsyncIterable[bytes]

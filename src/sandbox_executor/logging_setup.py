@@ -12,6 +12,8 @@ import sys
 
 import structlog
 
+from .sse import StalledStreamFilter
+
 _SHARED: list[structlog.types.Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
@@ -39,9 +41,14 @@ def configure_logging(level: str = "INFO", container_id: str | None = None) -> N
         lg = logging.getLogger(name)
         lg.handlers[:] = []
         lg.propagate = True
+    # A live-output client dropped for stalling is a warning of ours, not a server error.
+    logging.getLogger("uvicorn.error").addFilter(StalledStreamFilter())
     # One INFO line per callback (every heartbeat) is noise; the reporter logs outcomes.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    # The MCP SDK logs every tool call and failure at INFO, arguments (paths) included:
+    # user data stays out of the daemon's log.
+    logging.getLogger("mcp").setLevel(max(logging.WARNING, root.level))
     # Access lines would carry query strings only; keep them at the daemon's level.
     structlog.configure(
         processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -10,15 +10,43 @@ left by the same task), and ``aclose`` stops it at shutdown.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .files import WorkspaceFiles
+from .models import ExecuteRequest, ExecutionResult
 
 if TYPE_CHECKING:
     from .mcp_server import ExecutionBackend
+
+
+class _Record(Protocol):
+    @property
+    def done(self) -> asyncio.Event: ...
+
+    @property
+    def result(self) -> ExecutionResult | None: ...
+
+
+class _Submits(Protocol):
+    def submit(self, request: ExecuteRequest, *, report: bool = True) -> tuple[_Record, bool]: ...
+
+
+class ServiceBackend:
+    """The daemon's queue as the tools' backend: MCP runs wait their turn and are recorded
+    (visible at GET /executions/{id} and its /events), but never reported to the control
+    plane, which did not ask for them and would refuse results for ids it never created."""
+
+    def __init__(self, service: _Submits) -> None:
+        self.service = service
+
+    async def execute(self, request: ExecuteRequest) -> ExecutionResult:
+        record, _ = self.service.submit(request, report=False)
+        await record.done.wait()
+        assert record.result is not None
+        return record.result
 
 
 class McpEndpoint:

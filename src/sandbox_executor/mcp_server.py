@@ -49,6 +49,9 @@ class ExecutionBackend(Protocol):
 
 # ---------------------------------------------------------------------- tool outputs
 class RunCodeOutput(BaseModel):
+    execution_id: str = Field(
+        description="the run's id (in the daemon: GET /executions/{id} and its /events)"
+    )
     status: str = Field(description="success, failed, timeout or crashed")
     exit_code: int
     stdout: str
@@ -150,6 +153,7 @@ def build_server(
             )
             result = await backend.execute(request)
         return RunCodeOutput(
+            execution_id=request.execution_id,
             status=str(result.status),
             exit_code=result.exit_code,
             stdout=result.stdout,
@@ -212,8 +216,8 @@ def build_server(
         if len(data) > max_file_bytes:
             raise ToolError(f"content is {len(data)} bytes; write_file takes at most {max_file_bytes}.")
         with _as_tool_errors():
-            entry = await files.write_bytes(path, data)
-        return FileWritten(path=entry.path, size=entry.size)
+            stored = await files.write_bytes(path, data)
+        return FileWritten(path=stored.file.path, size=stored.file.size)
 
     return server
 
@@ -229,31 +233,6 @@ class LimitedEngine:
     async def execute(self, request: ExecuteRequest) -> ExecutionResult:
         async with self._slots:
             return await self.engine.execute(request)
-
-
-class _Record(Protocol):
-    @property
-    def done(self) -> asyncio.Event: ...
-
-    @property
-    def result(self) -> ExecutionResult | None: ...
-
-
-class _Submits(Protocol):
-    def submit(self, request: ExecuteRequest) -> tuple[_Record, bool]: ...
-
-
-class ServiceBackend:
-    """The daemon's queue as a backend: MCP runs wait their turn and are recorded."""
-
-    def __init__(self, service: _Submits) -> None:
-        self.service = service
-
-    async def execute(self, request: ExecuteRequest) -> ExecutionResult:
-        record, _ = self.service.submit(request)
-        await record.done.wait()
-        assert record.result is not None
-        return record.result
 
 
 # ---------------------------------------------------------------------- transports
@@ -303,24 +282,28 @@ async def serve_stdio(settings: Settings) -> None:
         await engine.aclose()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point until the CLI grows its ``mcp`` command (same arguments)."""
+def run_stdio(workspace: str | None = None) -> int:
+    """``sandbox-executor mcp [--workspace DIR]``: serve until the client closes stdin."""
     import structlog
 
-    parser = argparse.ArgumentParser(prog="sandbox-executor mcp", description=serve_stdio.__doc__)
-    parser.add_argument("--workspace", help="workspace directory (default: WORKSPACE_PATH)")
-    args = parser.parse_args(argv)
     # stdout is the protocol: every log line goes to stderr.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
     settings = Settings()
-    if args.workspace:
-        settings = settings.model_copy(update={"workspace_path": os.path.abspath(args.workspace)})
+    if workspace:
+        settings = settings.model_copy(update={"workspace_path": os.path.abspath(workspace)})
         settings.__dict__.pop("workspace_dir", None)
     if not Path(settings.workspace_dir).is_dir():
         print(f"sandbox-executor mcp: no workspace directory {settings.workspace_dir}", file=sys.stderr)
         return 2
     asyncio.run(serve_stdio(settings))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sandbox_executor.mcp_server``: the same as ``sandbox-executor mcp``."""
+    parser = argparse.ArgumentParser(prog="sandbox-executor mcp", description=serve_stdio.__doc__)
+    parser.add_argument("--workspace", help="workspace directory (default: WORKSPACE_PATH)")
+    return run_stdio(parser.parse_args(argv).workspace)
 
 
 if __name__ == "__main__":

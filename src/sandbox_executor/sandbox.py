@@ -12,7 +12,8 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from . import artifacts
 from .bootstraps import Bootstraps
@@ -36,6 +37,9 @@ from .runtimes import (
     uses_result_channel,
 )
 from .spawner import Spawner, Usage
+
+if TYPE_CHECKING:
+    from .streaming import OutputSink
 
 
 class Sandbox:
@@ -101,10 +105,17 @@ class Sandbox:
                 os.close(fd)
         self._input_w = self._stdin_w = None
 
-    async def run(self, job: LaunchJob, stdin: str | None, workspace: str) -> ExecutionResult:
-        """Hand ``job`` to the waiting interpreter and collect the outcome."""
+    async def run(
+        self, job: LaunchJob, stdin: str | None, workspace: str, *, output: OutputSink | None = None
+    ) -> ExecutionResult:
+        """Hand ``job`` to the waiting interpreter and collect the outcome; ``output`` gets
+        stdout and stderr live, as they are read."""
         assert not self.used, "a sandbox serves exactly one execution"
         self.used = True
+        if output is not None:
+            # Attached here, not at start: a warm sandbox started before its execution existed.
+            self._stdout.attach(partial(output.write, "stdout"))
+            self._stderr.attach(partial(output.write, "stderr"))
         before = await artifacts.snapshot_soon(workspace, self.settings.artifact_max_files)
         started = time.monotonic()
         started_wall_ns = time.time_ns()

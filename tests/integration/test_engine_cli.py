@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,48 @@ def test_run_keeps_log_lines_off_stdout(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["stdout"] == "hi\n"
     assert "isolation_disabled" in proc.stderr
+
+
+def test_run_stream_prints_the_output_live_then_the_result(tmp_path: Path) -> None:
+    code = tmp_path / "live.py"
+    code.write_text(
+        "import sys, time\n"
+        "def handler(event):\n"
+        "    print('first', flush=True)\n"
+        "    print('oops', file=sys.stderr, flush=True)\n"
+        "    time.sleep(1)\n"
+        "    sys.stdout.write('no newline')\n"
+        "    return 42\n"
+    )
+    base = {k: v for k, v in os.environ.items() if k not in ("WORKSPACE_PATH", "BWRAP_PATH")}
+    proc = subprocess.Popen(
+        [*CLI, "run", "--stream", "-l", "python", str(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=base,
+    )
+    assert proc.stdout is not None
+    first_line = proc.stdout.readline()
+    first_at = time.monotonic()
+    rest, err = proc.communicate(timeout=60)
+    ended_at = time.monotonic()
+    assert first_line == b"first\n"
+    assert ended_at - first_at >= 0.5, "the first line came live, not with the result"
+    out = (first_line + rest).decode()
+    # The program's stdout, a line break of ours after its unfinished line, then the result.
+    assert out.startswith("first\nno newline\n{"), out[:200]
+    result = json.loads(out[len("first\nno newline\n") :])
+    assert (result["status"], result["return_value"], result["stdout"]) == (
+        "success",
+        42,
+        "first\nno newline",
+    )
+    assert "oops\n" in err.decode()  # the program's stderr on ours
+    assert proc.returncode == 0
+
+
+def test_run_without_stream_prints_only_the_result(tmp_path: Path) -> None:
+    code = tmp_path / "h.py"
+    code.write_text("import sys\nprint('out')\nprint('err', file=sys.stderr)\n")
+    proc = _cli("run", "-l", "python", str(code))
+    assert json.loads(proc.stdout)["stdout"] == "out\n" and "err" not in proc.stderr

@@ -1,44 +1,38 @@
-"""The MCP server through the SDK's own client: over stdio to a real subprocess (embedded
-engine, real bwrap) and over Streamable HTTP to a real uvicorn serving the daemon's app
-(its bearer auth included), listing the tools and calling every one of them."""
+"""The MCP server through the SDK's own client: over stdio to a real `sandbox-executor mcp`
+(embedded engine, real bwrap) and over Streamable HTTP to a real `sandbox-executor serve`
+(its bearer auth in front, a fake control plane behind), listing the tools and calling
+every one of them."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
+import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import httpx2
 import pytest
-import uvicorn
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from sandbox_executor.api import create_app
-from sandbox_executor.config import Settings
-from sandbox_executor.engine import Engine
-from sandbox_executor.files import WorkspaceFiles
-from sandbox_executor.mcp_http import McpEndpoint
-from sandbox_executor.mcp_server import ServiceBackend
-from sandbox_executor.service import ExecutionService
-from tests.support.server import free_port
+from tests.support.fake_control_plane import FakeControlPlane
+from tests.support.server import RunningServer, running_server
 
 TOOLS = {"run_code", "list_files", "read_file", "write_file"}
-TOKEN = "mcp-test-token-" + os.urandom(6).hex()
+TOKEN = "mcp-test-token-" + uuid.uuid4().hex[:12]
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 
 pytestmark = pytest.mark.timeout(180)
 
 
-async def exercise_every_tool(client: Client, workspace: Path) -> None:
-    """The same conversation over any transport."""
+async def exercise_every_tool(client: Client, workspace: Path) -> list[str]:
+    """The same conversation over any transport; returns the ids of the runs it made."""
     listed = await client.list_tools()
     assert {tool.name for tool in listed.tools} == TOOLS
     for tool in listed.tools:
@@ -136,22 +130,80 @@ async def exercise_every_tool(client: Client, workspace: Path) -> None:
     assert missing.is_error and "Executor.NotFound" in missing.content[0].text  # type: ignore[union-attr]
     bad = await client.call_tool("run_code", {"language": "cobol", "code": "x"})
     assert bad.is_error
+    return [run["execution_id"] for run in (python, js, shell, slow)]
+
+
+STDIO_ENV = {
+    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    "HOME": os.environ.get("HOME", "/root"),
+    "LOG_LEVEL": "INFO",
+}
+CLI = str(Path(sys.executable).with_name("sandbox-executor"))
 
 
 async def test_stdio_with_an_embedded_engine(workspace: Path) -> None:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", "/root"),
-        "WARM_POOL_SIZE": "0",
-        "LOG_LEVEL": "WARNING",
-    }
-    params = StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "sandbox_executor.mcp_server", "--workspace", str(workspace)],
-        env=env,
-    )
+    params = StdioServerParameters(command=CLI, args=["mcp", "--workspace", str(workspace)], env=STDIO_ENV)
     async with Client(params) as client:
-        await exercise_every_tool(client, workspace)
+        ids = await exercise_every_tool(client, workspace)
+    assert all(eid.startswith("mcp_") for eid in ids)
+
+
+def test_stdio_stdout_carries_nothing_but_the_protocol(workspace: Path) -> None:
+    """Every line on stdout is a JSON-RPC message, while the engine, the spawner helper,
+    bwrap and a run that prints all had their chance to write there."""
+    messages = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "0"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "run_code", "arguments": {"language": "shell", "code": "echo to-stdout"}},
+        },
+    ]
+    proc = subprocess.Popen(
+        [CLI, "mcp"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**STDIO_ENV, "WORKSPACE_PATH": str(workspace)},
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    for message in messages:
+        proc.stdin.write((json.dumps(message) + "\n").encode())
+    proc.stdin.flush()
+    lines = []
+    while len(lines) < 2:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read().decode() if proc.stderr else ""
+        lines.append(json.loads(line))
+    proc.stdin.close()  # the client is gone: the server ends
+    assert proc.wait(30) == 0
+    rest = proc.stdout.read()
+    assert rest.strip() == b"", rest
+    assert [m.get("id") for m in lines] == [1, 2] and all(m["jsonrpc"] == "2.0" for m in lines)
+    assert lines[1]["result"]["structuredContent"]["stdout"] == "to-stdout\n"
+
+
+def test_stdio_without_a_workspace_says_so() -> None:
+    proc = subprocess.run(
+        [CLI, "mcp", "--workspace", "/nonexistent/ws"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2 and "no workspace directory /nonexistent/ws" in proc.stderr
+    assert proc.stdout == ""
 
 
 def leaves(exc: BaseException) -> list[BaseException]:
@@ -160,84 +212,74 @@ def leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-@contextlib.asynccontextmanager
-async def daemon_with_mcp(settings: Settings) -> AsyncIterator[tuple[str, McpEndpoint]]:
-    """The daemon's real app (auth middleware included) with /mcp, on uvicorn."""
-    engine = Engine(settings)
-    service = ExecutionService(settings, engine)
-    await service.start()
-    app = create_app(service)
-    endpoint = McpEndpoint(
-        ServiceBackend(service),
-        WorkspaceFiles.from_settings(settings),
-        default_timeout=settings.default_timeout_seconds,
-        listen_host="127.0.0.1",
-    )
-    app.router.routes.append(endpoint.route())
-    port = free_port()
-    web = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-
-    task = asyncio.create_task(web.serve())
-    try:
-        while not web.started:
-            assert not task.done(), task
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}", endpoint
-    finally:
-        web.should_exit = True
-        await asyncio.wait_for(task, 15)
-        await asyncio.wait_for(endpoint.aclose(), 15)
-        await service.abort_all()
-        await engine.aclose()
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[tuple[RunningServer, FakeControlPlane]]:
+    with FakeControlPlane() as cp:
+        env = {"EXECUTOR_API_TOKEN": TOKEN, "CONTROL_PLANE_URL": cp.url, "DEFAULT_TIMEOUT_SECONDS": "30"}
+        with running_server(env) as server:
+            yield server, cp
 
 
 async def test_streamable_http_in_the_daemon_behind_its_bearer_token(
-    workspace: Path, make_settings: Callable[..., Settings]
+    daemon: tuple[RunningServer, FakeControlPlane],
 ) -> None:
-    settings = make_settings(executor_api_token=TOKEN, default_timeout_seconds=30)
-    async with daemon_with_mcp(settings) as (url, endpoint):
-        # Without the token: the daemon's own 401, before MCP sees anything.
-        async with httpx.AsyncClient() as plain:
-            anonymous = await plain.post(
-                f"{url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
-            )
-            assert anonymous.status_code == 401
-            assert anonymous.json()["error_code"] == "Executor.Unauthorized"
-            assert anonymous.headers["www-authenticate"] == "Bearer"
-        assert not endpoint.loaded, "the SDK loads on the first authorised request only"
-        with pytest.raises(BaseException) as denied_info:
-            async with Client(streamable_http_client(f"{url}/mcp"), read_timeout_seconds=10) as denied:
-                await denied.list_tools()
-        assert any(isinstance(e, MCPError) for e in leaves(denied_info.value)), denied_info.value
+    server, cp = daemon
+    url = f"{server.url}/mcp"
+    # Without the token: the daemon's own 401, before MCP sees anything.
+    async with httpx.AsyncClient() as plain:
+        anonymous = await plain.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert anonymous.status_code == 401
+        assert anonymous.json()["error_code"] == "Executor.Unauthorized"
+        assert anonymous.headers["www-authenticate"] == "Bearer"
+    with pytest.raises(BaseException) as denied_info:
+        async with Client(streamable_http_client(url), read_timeout_seconds=10) as denied:
+            await denied.list_tools()
+    assert any(isinstance(e, MCPError) for e in leaves(denied_info.value)), denied_info.value
 
-        http = httpx2.AsyncClient(
-            headers={"Authorization": f"Bearer {TOKEN}"}, timeout=httpx2.Timeout(30, read=120)
+    http = httpx2.AsyncClient(
+        headers={"Authorization": f"Bearer {TOKEN}"}, timeout=httpx2.Timeout(30, read=120)
+    )
+    async with http, Client(streamable_http_client(url, http_client=http)) as client:
+        ids = await exercise_every_tool(client, server.workspace)
+
+    # The runs went through the daemon's queue: recorded and readable like any execution,
+    # but never reported to the control plane, which did not ask for them.
+    async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}) as authed:
+        for eid in ids:
+            record = await authed.get(f"/executions/{eid}")
+            assert record.status_code == 200 and record.json()["status"] in ("success", "failed", "timeout")
+            events = await authed.get(f"/executions/{eid}/events")
+            assert events.status_code == 200 and "event: result" in events.text
+        # An ordinary execution still is reported (the fake control plane is listening).
+        body = {"execution_id": "exec_after_mcp", "language": "shell", "code": "echo ok"}
+        assert (await authed.post("/execute?wait=true", json=body)).json()["status"] == "success"
+    cp.wait_for("result", execution_id="exec_after_mcp", timeout=10)
+    reported = {r.execution_id for r in cp.requests("result")} | {
+        r.execution_id for r in cp.requests("heartbeat")
+    }
+    assert not reported & set(ids), reported
+
+
+async def test_dns_rebinding_is_refused_on_a_loopback_daemon(
+    daemon: tuple[RunningServer, FakeControlPlane],
+) -> None:
+    server, _ = daemon
+    async with httpx.AsyncClient() as plain:
+        rebound = await plain.post(
+            f"{server.url}/mcp",
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers={
+                "Host": "attacker.example",
+                "Accept": "application/json, text/event-stream",
+                "Authorization": f"Bearer {TOKEN}",
+            },
         )
-        async with http, Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client:
-            await exercise_every_tool(client, workspace)
-        assert endpoint.loaded
-        # The MCP runs went through the daemon's queue: recorded like any execution.
-        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as authed:
-            health = await authed.get(f"{url}/health")
-            assert health.status_code == 200
-
-
-async def test_dns_rebinding_is_refused_on_a_loopback_daemon(make_settings: Callable[..., Settings]) -> None:
-    async with daemon_with_mcp(make_settings()) as (url, _):
-        async with httpx.AsyncClient() as plain:
-            rebound = await plain.post(
-                f"{url}/mcp",
-                json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-                headers={"Host": "attacker.example", "Accept": "application/json, text/event-stream"},
-            )
-        assert rebound.status_code == 421, rebound.text
+    assert rebound.status_code == 421, rebound.text
 
 
 def test_the_daemon_does_not_load_the_sdk_until_mcp_is_used() -> None:
     probe = (
-        "import sys; import sandbox_executor.api, sandbox_executor.mcp_http; "
+        "import sys; import sandbox_executor.daemon, sandbox_executor.cli; "
         "print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.')))"
     )
     out = subprocess.run(

@@ -28,7 +28,6 @@ from sandbox_executor.engine import Engine
 from sandbox_executor.errors import (
     Conflict,
     ExecutorError,
-    InvalidRequest,
     NotFound,
     PathRefused,
     PayloadTooLarge,
@@ -90,8 +89,9 @@ async def test_upload_and_download_round_trip_bytes_exactly(
 ) -> None:
     rng = random.Random(size)
     data = rng.randbytes(size)
-    entry = await files.write("in/deep/er/blob.bin", chunked(data, rng))
-    assert (entry.path, entry.size, entry.type) == ("in/deep/er/blob.bin", size, "file")
+    stored = await files.write("in/deep/er/blob.bin", chunked(data, rng))
+    entry = stored.file
+    assert (entry.path, entry.size, entry.type, stored.created) == ("in/deep/er/blob.bin", size, "file", True)
     assert (ws / "in/deep/er/blob.bin").read_bytes() == data
     opened = files.open_file("in/deep/er/blob.bin")
     assert opened.size == size
@@ -116,7 +116,7 @@ async def test_created_files_and_directories_belong_to_the_sandbox_user(
 async def test_upload_replaces_an_existing_file_atomically(files: WorkspaceFiles, ws: Path) -> None:
     (ws / "f.txt").write_bytes(b"old")
     reader = open(ws / "f.txt", "rb")  # held open across the replacement
-    await files.write_bytes("f.txt", b"new content")
+    assert not (await files.write_bytes("f.txt", b"new content")).created
     assert reader.read() == b"old", "the old inode is untouched: no partial file ever existed"
     reader.close()
     assert (ws / "f.txt").read_bytes() == b"new content"
@@ -318,20 +318,19 @@ async def test_device_nodes_are_refused(
 async def test_directories_missing_files_and_non_directories(files: WorkspaceFiles, ws: Path) -> None:
     (ws / "dir").mkdir()
     (ws / "file").write_bytes(b"x")
-    with pytest.raises(InvalidRequest) as is_dir:
+    with pytest.raises(Conflict):
         files.open_file("dir")
-    assert not isinstance(is_dir.value, PathRefused)
     with pytest.raises(Conflict):
         await files.write_bytes("dir", b"x")
     with pytest.raises(NotFound):
         files.open_file("missing")
     with pytest.raises(NotFound):
         files.list_dir("missing/deeper")
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(Conflict):
         files.list_dir("file")
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(Conflict):
         files.open_file("file/below")
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(Conflict):
         await files.write_bytes("file/below", b"x")
 
 
@@ -390,7 +389,7 @@ async def test_a_directory_swapped_for_a_link_during_lookups_never_leaks(
                 assert "c" not in names, names  # the outside directory's listing never shows
                 await files.write_bytes(f"a/b/new{n}", b"planted?")
                 outcomes["wrote"] = outcomes.get("wrote", 0) + 1
-            except (PathRefused, NotFound, InvalidRequest) as exc:
+            except (PathRefused, NotFound, Conflict) as exc:
                 outcomes[type(exc).__name__] = outcomes.get(type(exc).__name__, 0) + 1
     finally:
         stop.set()

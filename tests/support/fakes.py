@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from sandbox_executor.control_plane import DeliveryStats
 from sandbox_executor.models import ExecuteRequest, ExecutionResult, Status, TerminationReason
+from sandbox_executor.streaming import OutputSink
 
 
 class ScriptedEngine:
@@ -22,8 +23,11 @@ class ScriptedEngine:
     def gate(self, execution_id: str) -> asyncio.Event:
         return self.gates.setdefault(execution_id, asyncio.Event())
 
-    async def execute(self, request: ExecuteRequest) -> ExecutionResult:
+    async def execute(self, request: ExecuteRequest, output: OutputSink | None = None) -> ExecutionResult:
+        """Writes the request's stdin to ``output`` as stdout before waiting for its gate."""
         self.started.append(request.execution_id)
+        if output is not None and request.stdin:
+            output.write("stdout", request.stdin.encode())
         await self.gate(request.execution_id).wait()
         if request.execution_id in self.explode:
             raise RuntimeError("engine bug")
@@ -33,6 +37,7 @@ class ScriptedEngine:
             execution_time=0.01,
             termination_reason=TerminationReason.EXITED,
             return_value=request.code,
+            stdout=request.stdin or "",
         )
 
 

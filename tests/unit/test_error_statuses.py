@@ -13,6 +13,8 @@ from sandbox_executor.errors import (
     InternalError,
     InvalidRequest,
     NotFound,
+    PathRefused,
+    PayloadTooLarge,
     QueueFull,
     SandboxStartError,
     ShuttingDown,
@@ -26,6 +28,8 @@ from sandbox_executor.errors import (
     ("error", "status", "headers"),
     [
         (InvalidRequest("bad"), 400, {}),
+        (PathRefused("link"), 403, {}),
+        (PayloadTooLarge("big"), 413, {}),
         (Unauthorized("who"), 401, {"WWW-Authenticate": "Bearer"}),
         (NotFound("gone"), 404, {}),
         (Conflict("taken"), 409, {}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -123,6 +124,47 @@ async def test_finished_executions_are_pruned_beyond_the_retention_count(
         await asyncio.wait_for(record.done.wait(), 2)
     await service.abort_all()
     assert service.get("e0") is None and service.get("e3") is not None
+    # Their live-output logs go with them; kept ones stay readable.
+    assert service.event_logs.get("e0") is None and len(service.event_logs) == 2
+    assert [e.kind for e in service.event_logs.get("e3").events_after(0)] == ["status", "status", "result"]  # type: ignore[union-attr]
+
+
+async def test_each_execution_streams_queued_running_output_then_its_result(
+    service: ExecutionService, engine: ScriptedEngine, reporter: RecordingReporter
+) -> None:
+    record, _ = service.submit(_request("e1", stdin="hello"))
+    log = service.event_logs.get("e1")
+    assert log is not None and [e.data for e in log.events_after(0)] == ['{"status":"queued"}']
+    assert service.submit(_request("e1", stdin="hello"))[0] is record  # a replay: the same log
+    await _settle()
+    assert [e.kind for e in log.events_after(0)] == ["status", "status", "stdout"]
+    engine.gate("e1").set()
+    await asyncio.wait_for(record.done.wait(), 2)
+    events = log.events_after(0)
+    assert [e.kind for e in events] == ["status", "status", "stdout", "result"] and log.closed
+    assert json.loads(events[-1].data) == {"execution_id": "e1", **record.view()}
+
+
+async def test_an_unreported_run_is_recorded_and_streamed_but_never_sent(
+    service: ExecutionService, engine: ScriptedEngine, reporter: RecordingReporter
+) -> None:
+    engine.gate("mcp_1").set()
+    record, _ = service.submit(_request("mcp_1"), report=False)
+    await asyncio.wait_for(record.done.wait(), 2)
+    assert record.public_status() == "success" and service.get("mcp_1") is record
+    assert reporter.results == [] and reporter.beating == []
+    assert service.event_logs.get("mcp_1").closed  # type: ignore[union-attr]
+
+
+async def test_executions_aborted_at_shutdown_end_their_streams(
+    service: ExecutionService, engine: ScriptedEngine
+) -> None:
+    service.submit(_request("stuck"))
+    await _settle()
+    await service.abort_all()
+    log = service.event_logs.get("stuck")
+    assert log is not None and log.closed
+    assert json.loads(log.events_after(0)[-1].data)["termination_reason"] == "shutdown"
 
 
 async def test_health_names_a_missing_workspace_and_a_sandbox_that_cannot_start(

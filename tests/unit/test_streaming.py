@@ -122,18 +122,23 @@ async def test_multibyte_characters_split_across_chunks_and_flushes_survive() ->
     chunks=st.lists(st.binary(max_size=40), max_size=30),
     flush_after=st.lists(st.booleans(), max_size=30),
     cap=st.integers(min_value=1, max_value=400),
+    attach_at=st.integers(min_value=0, max_value=3),
 )
 def test_stream_text_equals_the_results_one_shot_decode_of_the_captured_bytes(
-    chunks: list[bytes], flush_after: list[bool], cap: int
+    chunks: list[bytes], flush_after: list[bool], cap: int, attach_at: int
 ) -> None:
     async def scenario() -> None:
         log = EventLog("e", cap)
         capture = BoundedCapture(cap)
         for n, chunk in enumerate(chunks):
+            if n == attach_at:
+                # The log is attached to a capture that may already hold a warm start's output.
+                capture.attach(lambda data: log.write("stdout", data))
             capture.data_received(chunk)
-            log.write("stdout", chunk)
             if n < len(flush_after) and flush_after[n]:
                 log._flush()
+        if attach_at >= len(chunks):
+            capture.attach(lambda data: log.write("stdout", data))
         stdout = capture.data().decode("utf-8", "replace")
         before = _output(log.events_after(0), "stdout")
         log.finish(_result(stdout, stdout_truncated=capture.truncated))
