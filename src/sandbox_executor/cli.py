@@ -146,8 +146,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     for result in run_checks(settings, include_results_dir=False):
         mark = "ok  " if result.ok else "FAIL"
         print(f"[{mark}] {result.name}: {result.detail}")
+        for note in result.notes:
+            print(f"       {note}")
         if not result.ok:
             failed += 1
+        if result.remedy:
             print(f"       remedy: {result.remedy}")
     return 1 if failed else 0
 

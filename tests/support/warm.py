@@ -40,7 +40,7 @@ async def execute(engine: Engine, request: ExecuteRequest) -> ExecutionResult:
 
 async def _execute(engine: Engine, request: ExecuteRequest) -> ExecutionResult:
     size = warm_pool_size()
-    if not size or engine.settings.disable_bwrap:
+    if not size:
         return await engine.execute(request)
     pool = WarmPool(engine.sandboxes, engine.settings, size=size, pinned=(request.language,), replace=False)
     warm = Engine(engine.settings, engine.sandboxes, warm_source=pool)

@@ -46,8 +46,8 @@ def _prctl(option: int, value: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def descendants(root: int, proc: str = "/proc") -> list[int]:
-    """Live (not zombie) descendants of ``root``, parents before children."""
+def process_table(proc: str = "/proc") -> dict[int, list[int]]:
+    """Parent pid -> its live (not zombie) children, from one walk of ``proc``."""
     children: dict[int, list[int]] = {}
     for name in os.listdir(proc):
         if not name.isdigit():
@@ -62,6 +62,12 @@ def descendants(root: int, proc: str = "/proc") -> list[int]:
         if fields[0] in (b"Z", b"X"):
             continue
         children.setdefault(int(fields[1]), []).append(int(name))
+    return children
+
+
+def descendants(root: int, proc: str = "/proc", table: dict[int, list[int]] | None = None) -> list[int]:
+    """Live (not zombie) descendants of ``root``, parents before children."""
+    children = process_table(proc) if table is None else table
     found: list[int] = []
     queue = [root]
     while queue:
