@@ -49,6 +49,9 @@ def check_isolation(host: HostProfile) -> CheckResult:
     abi = f"Landlock ABI {facts.landlock_abi}" if facts.landlock_abi else "no Landlock"
     notes = tuple(f"gives up: {item}" for item in decision.given_up)
     notes += tuple(f"missing for the next level up: {item}" for item in decision.missing)
+    if level != "none" and not host.seccomp_active:
+        # At the landlock level the filter is also what refuses every socket but AF_UNIX.
+        notes += ("gives up: the seccomp filter (SECCOMP_ENABLED=false or no libseccomp): diagnosis only",)
     if level == "none":
         detail = "none: user code runs WITHOUT a sandbox (SANDBOX_ISOLATION=none, development only)"
     else:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Generator
 import structlog
 import uvicorn
 
+from . import private_tmp
 from .api import create_app
 from .bootstrap import confine
 from .checks import run_checks
@@ -224,6 +225,8 @@ def serve() -> int:
     except SandboxStartError as exc:
         return _refuse("isolation", exc.description, exc.solution)
     _log_level(host)
+    if not host.uses_bwrap:
+        private_tmp.sweep()  # what a killed predecessor left
     failures = [c for c in run_checks(settings, host) if not c.ok]
     if failures:
         for check in failures:

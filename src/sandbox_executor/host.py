@@ -58,12 +58,6 @@ class HostProfile:
         level = decision.level
         if level is None:
             raise SandboxStartError(decision.refusal, solution=decision.remedy)
-        if level == "landlock" and not settings.seccomp_enabled:
-            raise SandboxStartError(
-                "SECCOMP_ENABLED=false takes the landlock level's network wall away (its seccomp "
-                "filter is what refuses every socket but AF_UNIX)",
-                solution="unset SECCOMP_ENABLED; to diagnose without any sandbox, SANDBOX_ISOLATION=none",
-            )
         ids = settings.sandbox_ids()
         return cls(
             bwrap_path=settings.bwrap_path,

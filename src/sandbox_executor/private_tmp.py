@@ -5,7 +5,9 @@ directory of its own (Landlock lets it write there and in the workspace only), m
 the daemon before the sandbox starts and removed once its whole process tree is gone.
 The directories live in the daemon's temporary directory (``tempfile.gettempdir()``:
 ``TMPDIR``, else /tmp); what bounds their size is that file system (in the control
-plane's Docker sessions a 512 MB tmpfs) and RLIMIT_FSIZE per file.
+plane's Docker sessions a 512 MB tmpfs) and RLIMIT_FSIZE per file. Their names carry the
+daemon's pid, so a daemon that was killed before it could remove them has them removed
+by the next one (:func:`sweep`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,44 @@ PREFIX = "sandbox-tmp-"
 
 def create(owner: tuple[int, int] | None = None, base: str | None = None) -> str:
     """A new empty directory (mode 0700), owned by ``owner`` when given (a root daemon)."""
-    path = tempfile.mkdtemp(prefix=PREFIX, dir=base)
+    path = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base)
     if owner is not None:
         os.chown(path, *owner)
     return path
+
+
+def sweep(base: str | None = None) -> int:
+    """Remove the directories of daemons that are gone (or of an earlier life of this pid,
+    which has made none yet when it sweeps at start-up); how many were removed."""
+    root = base or tempfile.gettempdir()
+    removed = 0
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        pid = _daemon_pid(name)
+        if pid is not None and (pid == os.getpid() or not _alive(pid)):
+            remove(os.path.join(root, name))
+            removed += 1
+    return removed
+
+
+def _daemon_pid(name: str) -> int | None:
+    if not name.startswith(PREFIX):
+        return None
+    head = name[len(PREFIX) :].split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def remove(path: str) -> None:
