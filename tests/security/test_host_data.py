@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -419,3 +421,30 @@ def test_the_daemon_and_its_spawner_are_not_dumpable(daemon: Daemon) -> None:
         ["cat", "/proc/self/environ"], capture_output=True, user=uid, group=gid, extra_groups=[]
     )
     assert mine.returncode == 0
+
+
+SYSV_IPC = r"""
+import ctypes, os
+def handler(event):
+    libc = ctypes.CDLL(None, use_errno=True)
+    shmid = libc.shmget(event["key"], 0, 0)
+    return shmid if shmid >= 0 else os.strerror(ctypes.get_errno())
+"""
+
+
+def test_sysv_shared_memory_of_the_host(daemon: Daemon) -> None:
+    """A SysV shared memory segment of the container (world-accessible): another IPC
+    namespace under bwrap. landlock: the documented gap: no IPC namespace, so the sandbox
+    finds it (SysV IPC and POSIX message queues are shared; the daemon uses none)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    key = int.from_bytes(os.urandom(3), "big") + 1
+    shmid = libc.shmget(key, 4096, 0o1666)  # IPC_CREAT | rw for everyone
+    assert shmid >= 0, os.strerror(ctypes.get_errno())
+    try:
+        got = daemon.attack(SYSV_IPC, event={"key": key})["return_value"]
+        if LEVEL == "landlock":
+            assert got == shmid
+        else:
+            assert got == "No such file or directory", got
+    finally:
+        libc.shmctl(shmid, 0, None)  # IPC_RMID

@@ -4,6 +4,7 @@ but AF_UNIX at all (landlock: seccomp refuses them, Landlock scopes abstract soc
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -298,3 +299,42 @@ def test_raw_and_packet_sockets_are_refused(daemon: Daemon) -> None:
     assert value == {name: "PermissionError" for name in value}, value
     shell = daemon.attack("ping -c1 -W1 127.0.0.1 2>&1; echo rc=$?", "shell")
     assert "1 received" not in shell["stdout"] and "rc=0" not in shell["stdout"]
+
+
+PATHNAME_UNIX = r"""
+import socket
+def handler(event):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(event["path"])
+        return "connected"
+    except OSError as exc:
+        return type(exc).__name__
+    finally:
+        s.close()
+"""
+
+
+def test_pathname_unix_sockets_outside_the_sandbox(daemon: Daemon) -> None:
+    """A socket another process of the container listens on in /dev/shm: out of sight under
+    bwrap (the sandbox's /dev/shm is its own). landlock: the documented gap: Landlock has no
+    right for connect() on a pathname socket, so one in a directory the sandbox may use
+    (/dev/shm, shared) is reachable; the daemon itself listens on TCP only."""
+    path = f"/dev/shm/sec-listener-{uuid.uuid4().hex[:10]}.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    os.chmod(path, 0o777)
+    listener.listen(4)
+    listener.setblocking(False)
+    try:
+        result = daemon.attack(PATHNAME_UNIX, event={"path": path})
+        if LEVEL == "landlock":
+            assert result["return_value"] == "connected"
+            listener.accept()[0].close()
+        else:
+            assert result["return_value"] == "FileNotFoundError", result["return_value"]
+            with pytest.raises(BlockingIOError):
+                listener.accept()
+    finally:
+        listener.close()
+        os.unlink(path)

@@ -67,10 +67,12 @@ class Children:
                 continue  # an orphan adopted as subreaper that ended on its own
             self.known.discard(pid)
             usage = [ru.ru_utime, ru.ru_stime, ru.ru_maxrss, ru.ru_inblock, ru.ru_oublock]
-            usage = self._reported_usage(pid) or usage
+            reported = self._reported_usage(pid)
             if pid in self.sweep:
                 self.sweep.discard(pid)
-                sweep = True
+                # A supervisor that reported killed its whole tree itself before exiting.
+                sweep = sweep or reported is None
+            usage = reported or usage
             _send(sock, {"exit": pid, "status": status, "ru": usage})
         if sweep:
             self._sweep_orphans()
