@@ -316,3 +316,13 @@ def test_run_without_stream_prints_only_the_result(tmp_path: Path) -> None:
     code.write_text("import sys\nprint('out')\nprint('err', file=sys.stderr)\n")
     proc = _cli("run", "-l", "python", str(code))
     assert json.loads(proc.stdout)["stdout"] == "out\n" and "err" not in proc.stderr
+
+
+def test_run_at_a_level_this_host_cannot_give_says_why(tmp_path: Path) -> None:
+    code = tmp_path / "h.sh"
+    code.write_text("echo hi\n")
+    env = {"SANDBOX_ISOLATION": "bwrap", "BWRAP_PATH": "/nonexistent/bwrap"}
+    proc = _cli("run", "-l", "shell", str(code), env=env)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "SANDBOX_ISOLATION=bwrap is not available here" in proc.stderr
+    assert "remedy: install it: apt-get install -y bubblewrap" in proc.stderr
