@@ -115,7 +115,8 @@ class Children:
 def _spawn(sock: socket.socket, children: Children, req: dict[str, Any], fds: list[int]) -> None:
     errr, errw = os.pipe2(os.O_CLOEXEC)
     supervised = bool((req.get("confine") or {}).get("supervise"))
-    report_r, report_w = os.pipe2(os.O_CLOEXEC) if supervised else (-1, -1)
+    # Non-blocking: a supervisor killed before it reported must not hang the read.
+    report_r, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK) if supervised else (-1, -1)
     pid = os.fork()
     if pid == 0:
         os.close(errr)
