@@ -34,14 +34,20 @@ serve: setup
 	WORKSPACE_PATH=$(CURDIR)/var/workspace RESULTS_DIR=$(CURDIR)/var/results \
 	  $(VENV)/bin/sandbox-executor serve
 
-# Three passes: everything cold (no warm pool anywhere); the engine, API and security
-# suites again with every execution in a pre-started sandbox; the security suite with the
-# daemon itself unprivileged.
+# Passes: everything cold (no warm pool anywhere); the engine, API and security suites
+# again with every execution in a pre-started sandbox; the security suite with the daemon
+# itself unprivileged; then the security suite at the weaker isolation levels
+# (docs/SECURITY.md): bwrap-compat, and landlock with the daemon unprivileged (what the
+# control plane's Docker containers get), without the modules that test the daemon's own
+# parsing, the same at every level.
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+LEVEL_PASS := tests/security --ignore=tests/security/test_inputs.py --ignore=tests/security/test_result_channel.py
 test: setup
 	SANDBOX_TEST_WARM_POOL=0 $(PYTEST) $(PYTEST_ARGS)
 	SANDBOX_TEST_WARM_POOL=1 $(PYTEST) tests/integration/test_engine_*.py tests/integration/test_api.py tests/integration/test_live_output.py tests/security
 	SECURITY_DAEMON_USER=nobody $(PYTEST) tests/security
+	SANDBOX_TEST_ISOLATION=bwrap-compat $(PYTEST) $(LEVEL_PASS)
+	SANDBOX_TEST_ISOLATION=landlock SECURITY_DAEMON_USER=nobody $(PYTEST) $(LEVEL_PASS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

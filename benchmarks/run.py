@@ -16,7 +16,9 @@ Measures, in one run on this machine (it must run as root, like the daemon in te
   the moment the handler returned (``time.monotonic()`` is one clock for every process);
 * the daemon: RSS and open descriptors when idle, then after 1000 back-to-back executions;
 * live output (``benchmarks/live_output.py``): a warm hello over ``?stream=true`` vs
-  ``?wait=true``, the delay from a program's write to an SSE client, and slow clients.
+  ``?wait=true``, the delay from a program's write to an SSE client, and slow clients;
+* the python hello world cold and warm at each isolation level this host can give
+  (``SANDBOX_ISOLATION`` = bwrap, bwrap-compat, landlock), and the kernel's Landlock ABI.
 
 It prints medians, p95 and the ratios to the bare runs, checks the latency and footprint targets, and
 writes the same figures to ``benchmarks/results/latest.json``. About two minutes.
@@ -322,7 +324,7 @@ RETENTION = 200
 WARMUP_EXECUTIONS = 300
 
 
-def start_daemon(pool_size: int, control_plane_url: str) -> RunningServer:
+def start_daemon(pool_size: int, control_plane_url: str, isolation: str = "auto") -> RunningServer:
     return start_server(
         {
             "WARM_POOL_SIZE": str(pool_size),
@@ -331,8 +333,44 @@ def start_daemon(pool_size: int, control_plane_url: str) -> RunningServer:
             "LOG_LEVEL": "INFO",
             "MAX_QUEUED_EXECUTIONS": "100",
             "EXECUTIONS_RETENTION_COUNT": str(RETENTION),
+            "SANDBOX_ISOLATION": isolation,
         }
     )
+
+
+LEVELS = ("bwrap", "bwrap-compat", "landlock")
+LEVEL_SAMPLES = 60
+
+
+def measure_levels(cp: FakeControlPlaneProcess, scale: float) -> dict[str, Any]:
+    """The python hello world, cold and warm, at each isolation level (a level this host
+    cannot give is reported as such)."""
+    from sandbox_executor.config import Settings
+    from sandbox_executor.isolation_probes import detect
+
+    out: dict[str, Any] = {}
+    n = max(10, int(LEVEL_SAMPLES * scale))
+    for level in LEVELS:
+        decision, _ = detect(Settings(sandbox_isolation=level))  # type: ignore[arg-type]
+        if decision.level is None:
+            out[level] = {"unavailable": decision.refusal}
+            continue
+        out[level] = {}
+        for path, pool in (("cold", 0), ("warm", 1)):
+            server = start_daemon(pool, cp.url, level)
+            ex = Executor(server, f"{level}-{path}")
+            try:
+                if ex.client.get("/health").json()["isolation"] != level:
+                    raise RuntimeError(f"the daemon did not run at {level}")
+                if pool:
+                    wait_pool_ready(ex.client, "python", 10)
+                ex.run("python")
+                out[level][path] = summary(ex.series("python", n, warm=bool(pool)))
+            finally:
+                ex.close()
+                stop_server(server)
+                shutil.rmtree(server.workspace.parent, ignore_errors=True)
+    return out
 
 
 def settle(server: RunningServer, seconds: float = 1.0) -> None:
@@ -536,6 +574,20 @@ def print_report(report: dict[str, Any], meta: dict[str, Any]) -> None:
         f"{(fp['pool_at_end']['memory_bytes'] or 0) / 2**20:.1f} MiB"
     )
     live_output.print_report(report["live_output"])
+    print(
+        "\nIsolation levels: python hello world, POST /execute?wait=true (ms); "
+        f"Landlock ABI {meta['landlock_abi']}"
+    )
+    print(f"  {'level':<14}{'cold median':>12}{'p95':>8}{'warm median':>13}{'p95':>8}")
+    for level, got in report["levels"].items():
+        if "unavailable" in got:
+            print(f"  {level:<14}unavailable here: {got['unavailable']}")
+            continue
+        cold, warm = got["cold"], got["warm"]
+        print(
+            f"  {level:<14}{cold['median_ms']:>12.2f}{cold['p95_ms']:>8.2f}"
+            f"{warm['median_ms']:>13.2f}{warm['p95_ms']:>8.2f}"
+        )
     print("\nTargets")
     for name, t in report["targets"].items():
         print(f"  [{'met' if t['met'] else 'MISSED'}] {name}: {t['value']} ({t['limit']})")
@@ -568,14 +620,19 @@ def main() -> int:
         ex = measure_executor(cp, scale)
         print("live output: stream vs wait, stdout to client, slow clients ...", flush=True)
         live = live_output.measure(cp.url, cp.records, scale)
+        print("executor: python hello world at each isolation level ...", flush=True)
+        levels = measure_levels(cp, scale)
     finally:
         cp.close()
-    report = build_report(bare, ex, live)
+    report = build_report(bare, ex, live) | {"levels": levels}
     commit = subprocess.run(
         ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True
     ).stdout.strip()
+    from sandbox_executor.bootstrap.confine import landlock_abi
+
     meta = {
         "commit": commit,
+        "landlock_abi": landlock_abi(),
         "retention_count": RETENTION,
         "warmup_executions": WARMUP_EXECUTIONS,
         "host": platform.node(),

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from sandbox_executor.config import MIB, Settings
+from tests.support import levels
 
 SANDBOX_UID = 65534
 SANDBOX_GID = 65534
@@ -50,6 +51,7 @@ def make_settings(workspace: Path, tmp_path: Path) -> Callable[..., Settings]:
             "sandbox_uid": SANDBOX_UID,
             "sandbox_gid": SANDBOX_GID,
             "disable_bwrap": False,
+            "sandbox_isolation": levels.setting(),
             "memory_limit_mb": 256,
             "default_timeout_seconds": 5,
             "max_output_bytes": 2 * MIB,

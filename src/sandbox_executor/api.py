@@ -81,7 +81,7 @@ class Health(BaseModel):
     uptime_seconds: float
     active_executions: int
     queued_executions: int
-    isolation: Literal["bwrap", "none"]
+    isolation: Literal["bwrap", "bwrap-compat", "landlock", "none"]
     warm_sandboxes: int = 0
     warm_pool_memory_bytes: int = 0
     results_pending_delivery: int = 0
@@ -392,7 +392,7 @@ def create_app(
             uptime_seconds=round(time.monotonic() - service.started_at, 3),
             active_executions=service.active,
             queued_executions=service.queued,
-            isolation=settings.isolation,
+            isolation=service.engine.isolation,
             warm_sandboxes=pool.warm_sandboxes if pool is not None else 0,
             warm_pool_memory_bytes=pool.memory_bytes if pool is not None else 0,
             results_pending_delivery=delivery.pending if delivery is not None else 0,
@@ -408,6 +408,7 @@ def create_app(
     async def prometheus_metrics() -> Response:
         if service.pool is not None:
             metrics.record_pool(service.pool.stats())
+        metrics.record_isolation(service.engine.isolation)
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     _add_dependency_route(app, service)

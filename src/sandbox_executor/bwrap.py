@@ -52,7 +52,12 @@ class SandboxSpec:
     disable_userns: bool = True
     seccomp_fd: int | None = None
     info_fd: int | None = None
-    hostname: str = "sandbox"
+    # None keeps the host's hostname (bwrap-compat: sethostname is refused there).
+    hostname: str | None = "sandbox"
+    # A fresh procfs of the sandbox's PID namespace; False binds the host's read-only
+    # (bwrap-compat: a masked /proc cannot be mounted afresh, and the bootstraps need
+    # /dev/fd, which is /proc/self/fd).
+    proc: bool = True
     workdir: str = SANDBOX_WORKDIR
     extra_env_clear: bool = True
     data_files: Sequence[tuple[int, str]] = field(default_factory=tuple)
@@ -96,7 +101,8 @@ def build_bwrap_argv(spec: SandboxSpec) -> list[str]:
         argv.append("--disable-userns")
     if spec.as_pid_1:
         argv.append("--as-pid-1")
-    argv += ["--hostname", spec.hostname]
+    if spec.hostname is not None:
+        argv += ["--hostname", spec.hostname]
     if spec.info_fd is not None:
         argv += ["--info-fd", str(spec.info_fd)]
     if spec.seccomp_fd is not None:
@@ -105,7 +111,8 @@ def build_bwrap_argv(spec: SandboxSpec) -> list[str]:
         argv += _mount_args(mount)
     for fd, dest in spec.data_files:
         argv += ["--ro-bind-data", str(fd), dest]
-    argv += ["--proc", "/proc", "--dev", "/dev"]
+    argv += ["--proc", "/proc"] if spec.proc else ["--ro-bind", "/proc", "/proc"]
+    argv += ["--dev", "/dev"]
     argv += ["--size", str(spec.tmpfs_size_bytes), "--tmpfs", "/tmp"]
     # bwrap's /dev is a tmpfs of its own, owned by the sandbox and unbounded (half the
     # host's RAM): POSIX shared memory gets a bounded /dev/shm and /dev itself turns

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import isolation
 from .config import Settings
+from .errors import SandboxStartError
 from .host import HostProfile
 from .models import ExecuteRequest, ExecutionResult
 
@@ -24,6 +26,8 @@ class CheckResult:
     ok: bool
     detail: str
     remedy: str = ""
+    # More lines worth an operator's eye, also when ok (what an isolation level gives up).
+    notes: tuple[str, ...] = ()
 
 
 def _drop_privileges(settings: Settings) -> dict[str, Any]:
@@ -33,77 +37,55 @@ def _drop_privileges(settings: Settings) -> dict[str, Any]:
     return {}
 
 
-_USERNS_REMEDY = (
-    "unprivileged user namespaces are unavailable here: enable them "
-    "(sysctl -w kernel.unprivileged_userns_clone=1 where that sysctl exists, and "
-    "user.max_user_namespaces > 0; on Ubuntu 23.10+ also "
-    "kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for bwrap). "
-    "In a container, use a seccomp profile that allows unshare/clone with namespace flags "
-    "(podman's default does, Docker's default does not: run with "
-    "--security-opt seccomp=<profile> or seccomp=unconfined) and --security-opt "
-    "systempaths=unconfined (Kubernetes: procMount: Unmasked) so bwrap can mount /proc"
-)
-
-
 def bwrap_remedy(error: str) -> str:
     """The operator's fix for a bwrap failure, from bwrap's own message."""
-    lowered = error.lower()
-    # Checked first: this message also ends in "Operation not permitted".
-    if "mount proc" in lowered:
-        return (
-            "bwrap cannot mount a fresh /proc: run the container with --security-opt "
-            "systempaths=unconfined (Kubernetes: securityContext.procMount: Unmasked)"
-        )
-    if any(
-        needle in lowered
-        for needle in (
-            "no permissions to creat",
-            "creating new namespace failed",
-            "setting up uid map",
-            "uid map",
-            "no space left on device",  # user.max_user_namespaces exhausted or 0
-            "operation not permitted",
-        )
-    ):
-        return _USERNS_REMEDY
-    if "seccomp" in lowered:
-        return "the kernel refused the seccomp filter: set SECCOMP_ENABLED=false only to diagnose"
-    if "can't find source path" in lowered:
-        return "a path bound into the sandbox is missing or unreadable by the sandbox user"
-    return "run the failing bwrap command by hand (see the detail) and read docs/OPERATIONS.md"
+    return isolation.bwrap_remedy(error)
 
 
-def check_bwrap(settings: Settings, host: HostProfile | None = None) -> CheckResult:
-    """bwrap exists and really runs a sandbox here: the engine's own command line, the
-    sandbox user, the seccomp filter, on a private scratch workspace."""
-    if settings.disable_bwrap:
-        return CheckResult("bwrap", True, "DISABLE_BWRAP=true: isolation is off (development only)")
-    bwrap = shutil.which(settings.bwrap_path)
-    if bwrap is None:
-        return CheckResult(
-            "bwrap",
-            False,
-            f"{settings.bwrap_path!r} not found",
-            "install it: apt-get install -y bubblewrap (or set BWRAP_PATH)",
-        )
+def check_isolation(host: HostProfile) -> CheckResult:
+    """The level sandboxes run at: what it gives up, what the next level up lacks, the fix."""
+    decision, facts = host.isolation, host.facts
+    level = host.level
+    abi = f"Landlock ABI {facts.landlock_abi}" if facts.landlock_abi else "no Landlock"
+    notes = tuple(f"gives up: {item}" for item in decision.given_up)
+    notes += tuple(f"missing for the next level up: {item}" for item in decision.missing)
+    if level != "none" and not host.seccomp_active:
+        # At the landlock level the filter is also what refuses every socket but AF_UNIX.
+        notes += ("gives up: the seccomp filter (SECCOMP_ENABLED=false or no libseccomp): diagnosis only",)
+    if level == "none":
+        detail = "none: user code runs WITHOUT a sandbox (SANDBOX_ISOLATION=none, development only)"
+    else:
+        detail = f"{level} ({abi}; seccomp filter {'on' if host.seccomp_active else 'OFF'})"
+    return CheckResult("isolation", True, detail, decision.remedy, notes)
+
+
+def isolation_refused(error: SandboxStartError) -> CheckResult:
+    return CheckResult("isolation", False, error.description, error.solution)
+
+
+def check_sandbox(settings: Settings, host: HostProfile) -> CheckResult:
+    """A real sandbox runs at the chosen level: the engine's own launch, the sandbox user,
+    the seccomp filter, on a private scratch workspace."""
     try:
-        result = _run_probe_sandbox(settings, host or HostProfile.probe(settings))
+        result = _run_probe_sandbox(settings, host)
     except Exception as exc:
-        return CheckResult("bwrap", False, f"cannot start a test sandbox: {exc}", bwrap_remedy(str(exc)))
+        return CheckResult("sandbox", False, f"cannot start a test sandbox: {exc}", _remedy(host, str(exc)))
     if result.status == "success" and result.stdout.strip() == "sandbox-ok":
         uid, _ = settings.sandbox_ids()
-        return CheckResult(
-            "bwrap",
-            True,
-            f"{bwrap} ran a test sandbox as uid {uid} (user, pid, net, ipc, uts, mount namespaces)",
-        )
+        return CheckResult("sandbox", True, f"ran a test sandbox at level {host.level} as uid {uid}")
     err = (result.stderr or result.error or result.stdout).strip()[-400:]
     return CheckResult(
-        "bwrap",
+        "sandbox",
         False,
         f"a test sandbox failed ({result.status}, exit {result.exit_code}): {err}",
-        bwrap_remedy(err),
+        _remedy(host, err),
     )
+
+
+def _remedy(host: HostProfile, error: str) -> str:
+    if host.uses_bwrap:
+        return bwrap_remedy(error)
+    return "read docs/OPERATIONS.md (the landlock level); SANDBOX_ISOLATION=none only to diagnose"
 
 
 def _run_probe_sandbox(settings: Settings, host: HostProfile) -> ExecutionResult:
@@ -205,7 +187,15 @@ def run_checks(
     settings: Settings, host: HostProfile | None = None, *, include_results_dir: bool = True
 ) -> list[CheckResult]:
     """Every start-up check, in order (``host``: the daemon's own probe, else a fresh one)."""
-    results = [check_bwrap(settings, host), check_workspace(settings), *check_interpreters(settings)]
+    results: list[CheckResult] = []
+    if host is None:
+        try:
+            host = HostProfile.probe(settings)
+        except SandboxStartError as exc:
+            results.append(isolation_refused(exc))
+    if host is not None:
+        results += [check_isolation(host), check_sandbox(settings, host)]
+    results += [check_workspace(settings), *check_interpreters(settings)]
     if include_results_dir:
         results.append(check_dirs(settings))
     return results

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from .checks import run_checks
 from .config import Settings
-from .errors import InvalidRequest
+from .errors import InvalidRequest, SandboxStartError
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -146,8 +146,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     for result in run_checks(settings, include_results_dir=False):
         mark = "ok  " if result.ok else "FAIL"
         print(f"[{mark}] {result.name}: {result.detail}")
+        for note in result.notes:
+            print(f"       {note}")
         if not result.ok:
             failed += 1
+        if result.remedy:
             print(f"       remedy: {result.remedy}")
     return 1 if failed else 0
 
@@ -210,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidRequest as exc:
         print(f"sandbox-executor: error: {exc.description}", file=sys.stderr)
         return 2
+    except SandboxStartError as exc:  # the isolation level asked for cannot be had here
+        print(f"sandbox-executor: error: {exc.description}\n  remedy: {exc.solution}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as exc:
         print(f"sandbox-executor: error: {exc}", file=sys.stderr)
         return 2

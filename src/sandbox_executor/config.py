@@ -125,9 +125,13 @@ class Settings(BaseSettings):
     )
 
     # --- Sandbox ----------------------------------------------------------------------
+    sandbox_isolation: Literal["auto", "bwrap", "bwrap-compat", "landlock", "none"] = Field(
+        default="auto",
+        description="The isolation level (docs/SECURITY.md): `auto` takes the strongest this host allows (`bwrap`, then `bwrap-compat`, then `landlock`); naming one makes start-up fail if it cannot be had. `none` runs user code WITHOUT a sandbox: development only, never chosen by `auto`, warned at start and per run.",
+    )
     disable_bwrap: bool = Field(
         default=False,
-        description="`true` runs user code WITHOUT a sandbox: development only, warned at start and per run, /health says isolation none.",
+        description="`true`: do not use bwrap; the strongest level without it (`landlock`), never `none`.",
     )
     bwrap_path: str = Field(default="bwrap", description="The bubblewrap binary.")
     python_binary: str = Field(
@@ -253,10 +257,6 @@ class Settings(BaseSettings):
         if "://" in self.workspace_path:
             return Path(self.workspace_mount_point)
         return Path(self.workspace_path)
-
-    @property
-    def isolation(self) -> Literal["bwrap", "none"]:
-        return "none" if self.disable_bwrap else "bwrap"
 
     @property
     def runs_as_root(self) -> bool:

@@ -17,12 +17,15 @@ from collections.abc import Awaitable, Callable, Generator
 import structlog
 import uvicorn
 
+from . import private_tmp
 from .api import create_app
+from .bootstrap import confine
 from .checks import run_checks
 from .config import Settings
 from .control_plane import ControlPlaneReporter
 from .dependencies import DependencyManager
 from .engine import Engine
+from .errors import SandboxStartError
 from .files import WorkspaceFiles
 from .host import HostProfile
 from .logging_setup import configure_logging
@@ -81,7 +84,7 @@ class Daemon:
         stack.push_async_callback(_bounded, sandboxes.aclose, 0.2)
         await self.reporter.start()
         stack.push_async_callback(_bounded, self.reporter.aclose, 0.2)
-        pool = WarmPool(sandboxes, settings) if settings.warm_pool_size > 0 and self.host.isolated else None
+        pool = WarmPool(sandboxes, settings) if settings.warm_pool_size > 0 else None
         dependencies = self.dependencies = DependencyManager(
             settings, on_change=pool.invalidate if pool is not None else None, host=self.host
         )
@@ -177,7 +180,7 @@ class Daemon:
                 "executor_listening",
                 host=self.settings.executor_host,
                 port=self.settings.executor_port,
-                isolation=self.settings.isolation,
+                isolation=self.host.level,
                 control_plane=bool(self.settings.control_plane_url),
             )
             self.reporter.announce_ready()
@@ -185,23 +188,49 @@ class Daemon:
         return bool(self.server.started)
 
 
-def serve() -> int:
-    """Entry point of `sandbox-executor serve`; returns the process exit status."""
-    settings = Settings()
-    configure_logging(settings.log_level, settings.container_identity)
-    if settings.disable_bwrap:
+def _refuse(check: str, detail: str, remedy: str) -> int:
+    log.error("startup_check_failed", check=check, detail=detail, remedy=remedy)
+    print(f"sandbox-executor: {check}: {detail}\n  remedy: {remedy}", file=sys.stderr)
+    return 1
+
+
+def _log_level(host: HostProfile) -> None:
+    decision = host.isolation
+    fields = {
+        "level": host.level,
+        "landlock_abi": host.facts.landlock_abi,
+        "given_up": list(decision.given_up),
+        "missing": list(decision.missing),
+        "remedy": decision.remedy,
+    }
+    if host.level == "none":
         log.warning(
             "isolation_disabled",
-            detail="DISABLE_BWRAP=true: user code runs WITHOUT a sandbox. Development only.",
+            detail="SANDBOX_ISOLATION=none: user code runs WITHOUT a sandbox. Development only.",
+            **fields,
         )
-    host = HostProfile.probe(settings)
+    else:
+        log.info("isolation_level", **fields)
+
+
+def serve() -> int:
+    """Entry point of `sandbox-executor serve`; returns the process exit status."""
+    # Sandboxes may share our uid (no user namespace at the landlock level): no process of
+    # that uid may read our /proc/<pid>/environ (the tokens) or memory, or attach to us.
+    confine.set_dumpable(False)
+    settings = Settings()
+    configure_logging(settings.log_level, settings.container_identity)
+    try:
+        host = HostProfile.probe(settings)
+    except SandboxStartError as exc:
+        return _refuse("isolation", exc.description, exc.solution)
+    _log_level(host)
+    if not host.uses_bwrap:
+        private_tmp.sweep()  # what a killed predecessor left
     failures = [c for c in run_checks(settings, host) if not c.ok]
     if failures:
         for check in failures:
-            log.error("startup_check_failed", check=check.name, detail=check.detail, remedy=check.remedy)
-            print(
-                f"sandbox-executor: {check.name}: {check.detail}\n  remedy: {check.remedy}", file=sys.stderr
-            )
+            _refuse(check.name, check.detail, check.remedy)
         return 1
     daemon = Daemon(settings, host)
     code = asyncio.run(daemon.run())

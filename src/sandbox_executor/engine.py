@@ -10,6 +10,7 @@ import structlog
 from .config import Settings
 from .errors import SandboxStartError
 from .host import HostProfile
+from .isolation import Level
 from .models import ExecuteRequest, ExecutionResult, Language, TerminationReason
 from .runtimes import job_from_request
 from .sandbox import Sandbox, SandboxFactory
@@ -49,6 +50,10 @@ class Engine:
     @property
     def host(self) -> HostProfile:
         return self.sandboxes.host
+
+    @property
+    def isolation(self) -> Level:
+        return self.host.level
 
     @property
     def seccomp_active(self) -> bool:

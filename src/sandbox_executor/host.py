@@ -1,9 +1,11 @@
 """What the host offers sandboxes, probed once and shared by the engine and the pip sandbox.
 
-:meth:`HostProfile.probe` reads the host (system directories, whether bwrap has
-``--disable-userns``, the compiled seccomp program, the sandbox user's ids); after that
-the profile is plain data, and :meth:`HostProfile.spec` turns it into the
-:class:`~sandbox_executor.bwrap.SandboxSpec` of one start.
+:meth:`HostProfile.probe` reads the host (the isolation level, isolation.py and
+isolation_probes.py; system directories, whether bwrap has ``--disable-userns``, the
+compiled seccomp program of the level, the sandbox user's ids); after that the profile is
+plain data. At the bwrap levels :meth:`HostProfile.spec` turns it into the
+:class:`~sandbox_executor.bwrap.SandboxSpec` of one start; at the landlock level
+``landlock.py`` builds the confined launch from it.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from dataclasses import dataclass
 
 import structlog
 
-from . import seccomp
+from . import isolation_probes, seccomp
 from .bwrap import ETC_ENTRIES, SYSTEM_DIRS, Mount, SandboxSpec, bwrap_supports
 from .config import MIB, Settings
+from .errors import SandboxStartError
+from .isolation import Decision, Level, Probe
 from .limits import Limits, Rlimit, pip_rlimits
 
 log = structlog.get_logger(__name__)
@@ -29,10 +33,13 @@ class HostProfile:
     """Everything about the host that decides a sandbox's shape, read once."""
 
     bwrap_path: str
-    # False under DISABLE_BWRAP: commands run bare, in the workspace (development only).
-    isolated: bool
+    # The level sandboxes run at (never a refusal) and why; what the host allowed.
+    isolation: Decision
+    facts: Probe
     system_mounts: tuple[Mount, ...]
     disable_userns: bool
+    # The level's filter: bwrap's (bwrap levels) or the landlock level's; None under
+    # SECCOMP_ENABLED=false or without libseccomp, and at the level none.
     seccomp_program: bytes | None
     # The uid/gid user code runs as outside its namespace.
     sandbox_ids: tuple[int, int]
@@ -45,20 +52,44 @@ class HostProfile:
 
     @classmethod
     def probe(cls, settings: Settings) -> HostProfile:
-        isolated = not settings.disable_bwrap
+        """Probe the host once; SandboxStartError (with the remedy) when the level the
+        settings ask for cannot be had here."""
+        decision, facts = isolation_probes.detect(settings)
+        level = decision.level
+        if level is None:
+            raise SandboxStartError(decision.refusal, solution=decision.remedy)
         ids = settings.sandbox_ids()
         return cls(
             bwrap_path=settings.bwrap_path,
-            isolated=isolated,
+            isolation=decision,
+            facts=facts,
             system_mounts=tuple(host_system_mounts()),
-            disable_userns=isolated and installed_bwrap_supports(settings.bwrap_path, "--disable-userns"),
-            seccomp_program=load_seccomp_program() if isolated and settings.seccomp_enabled else None,
+            disable_userns=level == "bwrap"
+            and installed_bwrap_supports(settings.bwrap_path, "--disable-userns"),
+            seccomp_program=load_seccomp_program(level)
+            if level != "none" and settings.seccomp_enabled
+            else None,
             sandbox_ids=ids,
             run_as=ids if settings.runs_as_root else None,
             limits=Limits.from_settings(settings),
             pip_rlimits=tuple(pip_rlimits(settings)),
             tmpfs_size_bytes=settings.tmpfs_size_mb * MIB,
         )
+
+    @property
+    def level(self) -> Level:
+        assert self.isolation.level is not None  # probe() refuses to build one without
+        return self.isolation.level
+
+    @property
+    def uses_bwrap(self) -> bool:
+        """bwrap builds the sandbox (the bwrap levels); else the spawner confines it."""
+        return self.level in ("bwrap", "bwrap-compat")
+
+    @property
+    def isolated(self) -> bool:
+        """False only at the level none (development: user code runs bare)."""
+        return self.level != "none"
 
     @property
     def seccomp_active(self) -> bool:
@@ -114,9 +145,11 @@ class HostProfile:
             tmpfs_size_bytes=self.tmpfs_size_bytes,
             network=network,
             disable_userns=self.disable_userns,
+            # bwrap-compat: the container's /proc (masked) cannot be mounted afresh.
+            proc=self.level == "bwrap",
             seccomp_fd=memfd_with("seccomp", program) if program else None,
             info_fd=info_fd,
-            hostname=hostname,
+            hostname=hostname if self.level == "bwrap" else None,
             data_files=tuple((memfd_with(path, data), path) for path, data in files.items()),
         )
 
@@ -151,10 +184,10 @@ def installed_bwrap_supports(bwrap_path: str, option: str) -> bool:
     return bwrap_supports(help_text, option)
 
 
-def load_seccomp_program() -> bytes | None:
-    """The sandboxes' seccomp program, or None (loudly) where libseccomp is missing."""
+def load_seccomp_program(level: Level = "bwrap") -> bytes | None:
+    """The level's seccomp program, or None (loudly) where libseccomp is missing."""
     try:
-        return seccomp.build_program()
+        return seccomp.build_landlock_program() if level == "landlock" else seccomp.build_program()
     except (ImportError, OSError) as exc:  # ImportError: the pyseccomp binding, not ours
         # Namespaces and dropped capabilities still hold; the second wall is missing.
         log.warning("seccomp_unavailable", error=str(exc))

@@ -4,11 +4,12 @@ Strongest first (docs/SECURITY.md has what each level stops and what it cannot):
 
 * ``bwrap``: today's sandbox: user, pid, net, ipc, uts, cgroup and mount namespaces, a
   fresh /proc, its own hostname, ``--disable-userns``, the seccomp filter, rlimits.
-* ``bwrap-compat``: bwrap with every namespace the host still allows, for hosts that allow
-  user namespaces but mask /proc (a plain Kubernetes pod, podman's defaults: no fresh
-  /proc, so none at all) or refuse ``sethostname`` (the seccomp profile gates it on
+* ``bwrap-compat``: bwrap with every namespace, for hosts that allow user namespaces but
+  mask /proc (a plain Kubernetes pod, podman's defaults: no fresh /proc; the container's
+  is bound read-only instead) or refuse ``sethostname`` (the seccomp profile gates it on
   CAP_SYS_ADMIN: the sandbox keeps the container's hostname). ``--disable-userns`` needs
-  that fresh /proc too; the seccomp filter refuses nested user namespaces anyway.
+  that fresh /proc too; the seccomp filter refuses nested user namespaces anyway. The
+  level always gives up all three, whichever of them failed.
 * ``landlock``: no new namespace possible (Docker's default seccomp profile): Landlock,
   the landlock seccomp filter, rlimits, a cleared environment and a per-sandbox
   supervisor (bootstrap/confine.py, bootstrap/supervisor.py).
@@ -61,23 +62,61 @@ class Decision:
     refusal: str = ""
 
 
+# What bwrap-compat gives up, always all three (one well-defined level, whichever subset
+# of the options failed on the host: a masked /proc takes the first and the last along).
 _GIVEN_UP_FEATURE = {
-    PROC: "no /proc inside the sandbox (the container's /proc is masked: no fresh procfs)",
+    PROC: "no fresh /proc: the container's /proc is bound read-only, so the sandbox sees the "
+    "container's process list, command lines and status (never their environment, memory, "
+    "descriptors or root: its user namespace has no rights over them), under pids that are not "
+    "its own",
     HOSTNAME: "the sandbox keeps the container's hostname (sethostname refused by seccomp)",
-    DISABLE_USERNS: "--disable-userns (nested user namespaces are still refused by the seccomp filter)",
+    DISABLE_USERNS: "no --disable-userns (nested user namespaces are still refused by the seccomp filter)",
 }
-_REMEDY_FEATURE = {
+REMEDY_FEATURE = {
     PROC: "unmask /proc: podman --security-opt unmask=/proc/*, Docker --security-opt "
     "systempaths=unconfined, Kubernetes procMount: Unmasked (with hostUsers: false)",
     HOSTNAME: "a seccomp profile allowing sethostname/setdomainname: "
     "deploy/kubernetes/seccomp/sandbox-executor.json",
     DISABLE_USERNS: "as for /proc (bwrap writes the sandbox's own /proc/sys/user/max_user_namespaces)",
 }
-_REMEDY_NAMESPACES = (
-    "allow unprivileged user namespaces: a seccomp profile that allows unshare/clone with "
-    "namespace flags (deploy/kubernetes/seccomp/sandbox-executor.json, or podman's default), "
-    "and user.max_user_namespaces > 0 on the node"
+NOT_FOUND = "bwrap not found"  # how the probe words a missing binary
+REMEDY_INSTALL = "install it: apt-get install -y bubblewrap (or set BWRAP_PATH)"
+REMEDY_NAMESPACES = (
+    "allow unprivileged user namespaces: in a container, a seccomp profile that allows "
+    "unshare/clone with namespace flags (deploy/kubernetes/seccomp/sandbox-executor.json, or "
+    "podman's default; Docker's default does not: --security-opt seccomp=<profile>); on the "
+    "host user.max_user_namespaces > 0 (and kernel.unprivileged_userns_clone=1 where that "
+    "sysctl exists; Ubuntu 23.10+: kernel.apparmor_restrict_unprivileged_userns=0 or an "
+    "AppArmor profile for bwrap)"
 )
+_USERNS_ERRORS = (
+    "no permissions to creat",
+    "creating new namespace failed",
+    "uid map",
+    "no space left on device",  # user.max_user_namespaces exhausted or 0
+    "operation not permitted",
+)
+
+
+def bwrap_remedy(error: str) -> str:
+    """The operator's fix for a bwrap failure, from bwrap's own message."""
+    lowered = error.lower()
+    if lowered.startswith(NOT_FOUND):
+        return REMEDY_INSTALL
+    # Checked before the user-namespace messages: these also end in "not permitted".
+    if "set hostname" in lowered:
+        return REMEDY_FEATURE[HOSTNAME]
+    if "mount proc" in lowered or ("max_user_namespaces" in lowered and "read-only" in lowered):
+        return REMEDY_FEATURE[PROC]
+    if any(needle in lowered for needle in _USERNS_ERRORS):
+        return REMEDY_NAMESPACES
+    if "seccomp" in lowered:
+        return "the kernel refused the seccomp filter: set SECCOMP_ENABLED=false only to diagnose"
+    if "can't find source path" in lowered:
+        return "a path bound into the sandbox is missing or unreadable by the sandbox user"
+    return "run the failing bwrap command by hand (see the detail) and read docs/OPERATIONS.md"
+
+
 _LANDLOCK_GIVES_UP = (
     "no pid namespace: other processes exist (their /proc is out of reach; Landlock scopes "
     "ptrace, and signals from ABI 6)",
@@ -121,17 +160,26 @@ def _describe(level: Level, probe: Probe) -> Decision:
     if level == "bwrap-compat":
         return Decision(
             level,
-            given_up=tuple(_GIVEN_UP_FEATURE[f] for f in lacking),
+            given_up=tuple(_GIVEN_UP_FEATURE.values()),
             missing=lacking,
-            remedy="; ".join(dict.fromkeys(_REMEDY_FEATURE[f] for f in lacking)),
+            remedy="; ".join(dict.fromkeys(REMEDY_FEATURE[f] for f in lacking))
+            or "none needed: bwrap-compat was asked for (SANDBOX_ISOLATION=auto gives bwrap here)",
         )
     if level == "landlock":
-        missing = (f"user namespaces: {probe.bwrap_error or 'bwrap cannot create them'}",)
+        if NAMESPACES in probe.bwrap_features:  # pinned, or DISABLE_BWRAP
+            stronger = _strongest(available(probe), disable_bwrap=False)
+            missing: tuple[str, ...] = (
+                "nothing: landlock was asked for (SANDBOX_ISOLATION or DISABLE_BWRAP)",
+            )
+            remedy = f"unset DISABLE_BWRAP and SANDBOX_ISOLATION: this host gives {stronger}"
+        else:
+            missing = (f"user namespaces: {probe.bwrap_error or 'bwrap cannot create them'}",)
+            remedy = bwrap_remedy(probe.bwrap_error)
         return Decision(
             level,
             given_up=_LANDLOCK_GIVES_UP + _landlock_gaps(probe.landlock_abi),
             missing=missing,
-            remedy=_REMEDY_NAMESPACES,
+            remedy=remedy,
         )
     return Decision(
         "none",
@@ -179,7 +227,7 @@ def decide(setting: Setting, disable_bwrap: bool, probe: Probe) -> Decision:
         return Decision(
             None,
             refusal=f"no isolation level is available ({reasons})",
-            remedy=_REMEDY_NAMESPACES + "; or a kernel with Landlock (5.13+) and seccomp",
+            remedy=bwrap_remedy(probe.bwrap_error) + "; or a kernel with Landlock (5.13+) and seccomp",
         )
     return _describe(level, probe)
 
@@ -197,4 +245,4 @@ def _remedy_for(level: Level, probe: Probe) -> str:
         return "a kernel with Landlock (5.13+, 'landlock' in the LSM list) and libseccomp"
     if NAMESPACES in probe.bwrap_features:  # only some bwrap options fail
         return _describe("bwrap-compat", probe).remedy
-    return _REMEDY_NAMESPACES
+    return bwrap_remedy(probe.bwrap_error)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .isolation import LEVELS
 from .models import Language
 
 if TYPE_CHECKING:
@@ -73,6 +74,19 @@ POOL_DISCARDS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+
+
+ISOLATION_LEVEL = Gauge(
+    "sandbox_isolation_level",
+    "The isolation level sandboxes run at (docs/SECURITY.md): 1 for the level in force, 0 for the others.",
+    ["level"],
+    registry=REGISTRY,
+)
+
+
+def record_isolation(level: str) -> None:
+    for name in LEVELS:
+        ISOLATION_LEVEL.labels(name).set(1 if name == level else 0)
 
 
 def record_pool(stats: PoolStats) -> None:

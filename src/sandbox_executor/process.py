@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 from .capture import BoundedCapture, capture_fd
 from .errors import SandboxStartError
 from .limits import Rlimit
-from .spawner import Spawner, Usage
+from .spawner import Confine, Spawner, Usage
 
 _KILL_GRACE_SECONDS = 0.5
+# A supervisor stops its tree on SIGTERM by walking /proc until nothing is left; under a
+# fork bomb that takes a few walks. Only then would SIGKILL to its group follow.
+_SUPERVISOR_GRACE_SECONDS = 3.0
 _INFO_LIMIT = 64 * 1024
 
 
@@ -40,14 +43,26 @@ class Launch:
     umask: int | None = None
     # Our read end of bwrap's --info-fd, when it has one: how kill() finds the sandbox's init.
     info_fd: int | None = None
+    # Without bwrap (spawner.Spawner.spawn says what each does).
+    nproc_headroom: int | None = None
+    confine: Confine | None = None
+    sweep_orphans: bool = False
+
+    @property
+    def supervised(self) -> bool:
+        return self.confine is not None and self.confine.supervise
 
 
 class SandboxProcess:
     """A started bwrap (or, without isolation, the bare command)."""
 
-    def __init__(self, pid: int, exited: asyncio.Future[tuple[int, Usage | None]]) -> None:
+    def __init__(
+        self, pid: int, exited: asyncio.Future[tuple[int, Usage | None]], *, supervised: bool = False
+    ) -> None:
         self.pid = pid
         self.exited = exited
+        # The pid is a per-sandbox supervisor (bootstrap/supervisor.py): stopped by SIGTERM.
+        self.supervised = supervised
         self._info: BoundedCapture | None = None
         self._transports: list[asyncio.BaseTransport] = []
 
@@ -64,6 +79,9 @@ class SandboxProcess:
                 uid_gid=launch.run_as,
                 rlimits=launch.rlimits,
                 umask=launch.umask,
+                nproc_headroom=launch.nproc_headroom,
+                confine=launch.confine,
+                sweep_orphans=launch.sweep_orphans,
             )
         except OSError as exc:
             for fd in (*ours, *([launch.info_fd] if launch.info_fd is not None else [])):
@@ -72,7 +90,7 @@ class SandboxProcess:
         finally:
             for fd in set(launch.fds.values()):
                 os.close(fd)
-        process = cls(child.pid, child.exited)
+        process = cls(child.pid, child.exited, supervised=launch.supervised)
         if launch.info_fd is not None:
             process._info = await process.capture(launch.info_fd, _INFO_LIMIT)
         return process
@@ -113,21 +131,35 @@ class SandboxProcess:
         return int(pid) if isinstance(pid, int) else None
 
     async def kill(self) -> None:
-        """Kill the whole process tree and wait until bwrap is reaped."""
+        """Kill the whole process tree and wait until bwrap (or the supervisor) is reaped."""
         if self.exited.done():
             return
+        if self.supervised:
+            # Never SIGKILL a supervisor first: it alone knows the tree (setsid'd children
+            # included), and kills all of it on SIGTERM before it exits.
+            _signal(self.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(self.exited), _SUPERVISOR_GRACE_SECONDS)
+                return
+            except TimeoutError:
+                pass
         inner = self._inner_pid()
         if inner is not None:
-            with contextlib.suppress(OSError):
-                fd = os.pidfd_open(inner)
-                try:
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-                finally:
-                    os.close(fd)
+            _signal(inner, signal.SIGKILL)
         try:
             await asyncio.wait_for(asyncio.shield(self.exited), _KILL_GRACE_SECONDS if inner else 0.001)
         except TimeoutError:
-            # bwrap itself (its own session): --die-with-parent takes the namespace along.
+            # bwrap itself (its own session): --die-with-parent takes the namespace along. A
+            # supervisor's group: what escaped it returns to the spawner, which kills it.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
             await self.exited
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.pidfd_open(pid)
+        try:
+            signal.pidfd_send_signal(fd, sig)
+        finally:
+            os.close(fd)

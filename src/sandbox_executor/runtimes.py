@@ -5,7 +5,9 @@ launch message; this keeps code and event off argv and environment (no size limi
 lets a pre-started sandbox take a request later (the warm pool). The python and node
 bootstraps are files given by name (``bootstraps.py``); the shell one is this module's
 one-liner. Every bootstrap's argv is: input fd, result fd, start marker, and (python,
-shell) the sandbox's process cap.
+shell) the sandbox's process cap. Paths as the sandboxed code sees them (workspace, venv,
+temporary directory, home) are a :class:`Layout`: fixed mount points under bwrap, real
+paths where there is no mount namespace.
 """
 
 from __future__ import annotations
@@ -34,10 +36,31 @@ INPUT_FD, RESULT_FD, BOOTSTRAP_FD = 3, 4, 5
 
 # Reads the launch script from its input fd (exports + event file + user code) and runs it
 # as the script itself, so `exit`, `$LINENO` and errors behave as in a plain bash script.
+# An empty process cap ($4) leaves the one the spawner set.
 SHELL_BOOTSTRAP = (
-    'ulimit -u "$4" || exit 126; printf %s "$3" >&"$2"; eval "exec $2>&-"; '
+    '{ [ -z "$4" ] || ulimit -u "$4"; } || exit 126; printf %s "$3" >&"$2"; eval "exec $2>&-"; '
     'exec bash --noprofile --norc "/dev/fd/$1"'
 )
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where sandboxed code finds its directories: bwrap's mount points by default; the
+    real paths at the levels without a mount namespace (landlock, none), where the
+    temporary directory and home are a private directory per sandbox."""
+
+    workspace: str = "/workspace"
+    venv: str = SANDBOX_VENV_MOUNT
+    tmp: str = "/tmp"
+    home: str = "/workspace"
+
+    @property
+    def event_file(self) -> str:
+        """Where the shell's event is written (``SANDBOX_EVENT_FILE``)."""
+        return f"{self.tmp}/event.json"
+
+
+BWRAP_LAYOUT = Layout()
 
 
 @dataclass(frozen=True)
@@ -67,23 +90,31 @@ def job_from_request(request: ExecuteRequest, settings: Settings) -> LaunchJob:
 
 
 def interpreter_command(
-    language: Language, settings: Settings, input_fd: int, result_fd: int, bootstrap: str
+    language: Language,
+    settings: Settings,
+    input_fd: int,
+    result_fd: int,
+    bootstrap: str,
+    *,
+    own_nproc: bool = True,
 ) -> list[str]:
     """The command run inside the sandbox, before any request is known.
 
     ``input_fd`` carries the launch message in; ``result_fd`` the handler's outcome out;
-    ``bootstrap`` names the python or node bootstrap file. Every command first lowers its
-    own RLIMIT_NPROC to ``pids_limit``: set inside the sandbox's user namespace, that cap
-    counts this sandbox's processes only (see limits.Limits.pids_total for the looser cap
-    over all of them).
+    ``bootstrap`` names the python or node bootstrap file. With ``own_nproc`` (the bwrap
+    levels) every command first lowers its own RLIMIT_NPROC to ``pids_limit``: set inside
+    the sandbox's user namespace, that cap counts this sandbox's processes only (see
+    limits.Limits.pids_total for the looser cap over all of them). Without a user
+    namespace the spawner sets the cap (limits.py) and the command leaves it.
     """
-    pids = str(settings.pids_limit)
+    pids = str(settings.pids_limit) if own_nproc else ""
     args = [str(input_fd), str(result_fd), STARTED_MARKER.decode()]
     if language == "python":
         # -I: ignore PYTHON* variables and user site, no script directory on sys.path; -S:
         # skip site (3-5 ms of start-up; the bootstrap adds the paths it needs); -u:
         # unbuffered, so output before a timeout is kept; -B: no .pyc writes anywhere.
-        return [settings.python_binary, "-I", "-S", "-u", "-B", bootstrap, *args, pids]
+        command = [settings.python_binary, "-I", "-S", "-u", "-B", bootstrap, *args]
+        return [*command, pids] if own_nproc else command
     if language == "javascript":
         heap_mb = max(32, settings.memory_limit_mb * 3 // 4)
         # The bootstrap's name is /dev/fd/N: resolving it to its target would lose it.
@@ -94,6 +125,8 @@ def interpreter_command(
             bootstrap,
         ]
         node += args
+        if not own_nproc:
+            return node
         # node has no setrlimit(): util-linux prlimit sets it and execs node (about 1 ms).
         prlimit = shutil.which("prlimit", path="/usr/bin:/bin")
         if prlimit is not None:
@@ -110,10 +143,10 @@ def uses_result_channel(language: Language) -> bool:
     return language in ("python", "javascript")
 
 
-def launch_message(job: LaunchJob) -> bytes:
+def launch_message(job: LaunchJob, layout: Layout = BWRAP_LAYOUT) -> bytes:
     """The bytes written to the sandbox's fd 3 to start ``job``."""
     if job.language == "shell":
-        return _shell_script(job).encode("utf-8", "surrogatepass")
+        return _shell_script(job, layout.event_file).encode("utf-8", "surrogatepass")
     doc: dict[str, Any] = {
         "code": job.code,
         "event": job.event,
@@ -122,17 +155,17 @@ def launch_message(job: LaunchJob) -> bytes:
         "context": {"execution_id": job.execution_id, "timeout": job.timeout},
     }
     if job.language == "python":
-        doc["sys_path"] = [SANDBOX_VENV_MOUNT, *PYTHON_EXTRA_PATHS]
+        doc["sys_path"] = [layout.venv, *PYTHON_EXTRA_PATHS]
         doc["filename"] = "handler.py"
     else:
         doc["filename"] = "handler.js"
-        doc["node_paths"] = [f"{SANDBOX_VENV_MOUNT}/node_modules"]
+        doc["node_paths"] = [f"{layout.venv}/node_modules"]
     # ASCII escapes: a lone surrogate (legal as a JSON escape in a request) travels intact
     # instead of becoming bytes that are not UTF-8 and break the bootstrap's decoder.
     return json.dumps(doc, ensure_ascii=True).encode("ascii")
 
 
-def _shell_script(job: LaunchJob) -> str:
+def _shell_script(job: LaunchJob, event_file: str = SHELL_EVENT_FILE) -> str:
     event_json = json.dumps(job.event, ensure_ascii=False)
     exports = "".join(f"export {name}={shlex.quote(value)}; " for name, value in job.env.items())
     # The prelude shares line 1 with the user's first line (it ends in "; "), so bash's
@@ -140,23 +173,25 @@ def _shell_script(job: LaunchJob) -> str:
     # follow "; " (a command, a comment or shebang, a compound command, a here-doc).
     prelude = (
         'eval "exec ${0##*/}<&-"; '
-        f"{exports}export SANDBOX_EVENT_FILE={SHELL_EVENT_FILE}; "
-        f"printf '%s' {shlex.quote(event_json)} > {SHELL_EVENT_FILE}; "
+        f"{exports}export SANDBOX_EVENT_FILE={shlex.quote(event_file)}; "
+        f"printf '%s' {shlex.quote(event_json)} > {shlex.quote(event_file)}; "
     )
     return prelude + job.code + "\n"
 
 
-def base_environment(settings: Settings, language: Language) -> list[tuple[str, str]]:
+def base_environment(
+    settings: Settings, language: Language, layout: Layout = BWRAP_LAYOUT
+) -> list[tuple[str, str]]:
     """The environment an interpreter starts with; nothing of the daemon's own."""
     env = [
         ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        ("HOME", "/workspace"),
-        ("TMPDIR", "/tmp"),
+        ("HOME", layout.home),
+        ("TMPDIR", layout.tmp),
         ("LANG", "C.UTF-8"),
         ("PYTHONUNBUFFERED", "1"),
         ("PYTHONDONTWRITEBYTECODE", "1"),
-        ("PYTHONPATH", SANDBOX_VENV_MOUNT),
+        ("PYTHONPATH", layout.venv),
     ]
     if language == "javascript":
-        env.append(("NODE_PATH", f"{SANDBOX_VENV_MOUNT}/node_modules"))
+        env.append(("NODE_PATH", f"{layout.venv}/node_modules"))
     return env

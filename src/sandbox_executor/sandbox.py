@@ -15,22 +15,25 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from . import artifacts
+from . import artifacts, private_tmp
 from .bootstraps import Bootstraps
 from .bwrap import Mount, build_bwrap_argv, renumbered
 from .capture import BoundedCapture
 from .config import Settings
+from .confined import bare_launch, confined_launch
 from .host import HostProfile
 from .models import ExecutionResult, Language, Metrics
 from .outcome import RunFacts, Tripped, classify
 from .process import Launch, SandboxProcess
 from .runtimes import (
     BOOTSTRAP_FD,
+    BWRAP_LAYOUT,
     INPUT_FD,
     RESULT_FD,
     SANDBOX_VENV_MOUNT,
     STARTED_MARKER,
     LaunchJob,
+    Layout,
     base_environment,
     interpreter_command,
     launch_message,
@@ -57,10 +60,16 @@ class Sandbox:
         stderr: BoundedCapture,
         result: BoundedCapture,
         limit_watch: Callable[[], Tripped] | None = None,
+        layout: Layout = BWRAP_LAYOUT,
+        private_dir: str | None = None,
     ) -> None:
         """``limit_watch`` tells, once the run is over, which limits a watcher outside
-        the sandbox saw tripped (a cgroup's OOM count, a workspace write cap)."""
+        the sandbox saw tripped (a cgroup's OOM count, a workspace write cap).
+        ``layout``: the paths the code sees; ``private_dir``: its temporary directory
+        when the daemon made one (removed once the sandbox is gone)."""
         self.language = language
+        self.layout = layout
+        self._private_dir = private_dir
         self.settings = settings
         self.process = process
         self.started_at = time.monotonic()
@@ -94,10 +103,13 @@ class Sandbox:
         await self.process.kill()
 
     async def discard(self) -> None:
-        """Kill an unused sandbox and release its descriptors."""
+        """Kill the sandbox (if still running) and release its descriptors and directory."""
         await self.process.kill()
         self._close_writers()
         self.process.close()
+        if self._private_dir is not None:
+            path, self._private_dir = self._private_dir, None
+            await asyncio.to_thread(private_tmp.remove, path)
 
     def _close_writers(self) -> None:
         for fd in (self._input_w, self._stdin_w):
@@ -120,7 +132,7 @@ class Sandbox:
         started = time.monotonic()
         started_wall_ns = time.time_ns()
         feeders = [
-            asyncio.ensure_future(_feed(self._input_w, launch_message(job))),
+            asyncio.ensure_future(_feed(self._input_w, launch_message(job, self.layout))),
             asyncio.ensure_future(_feed(self._stdin_w, (stdin or "").encode("utf-8", "surrogatepass"))),
         ]
         self._input_w = self._stdin_w = None
@@ -206,8 +218,17 @@ class SandboxFactory:
             os.fchown(in_r, *self.host.run_as)
         # The child's descriptor number -> ours.
         fds = {0: stdin_r, 1: out_w, 2: err_w, INPUT_FD: in_r, RESULT_FD: res_w}
-        launch = self._launch(language, fds)
-        process = await SandboxProcess.spawn(self.spawner, launch, ours=[in_w, res_r, out_r, err_r, stdin_w])
+        layout = self._layout()
+        private_dir = None if layout is BWRAP_LAYOUT else layout.tmp
+        try:
+            launch = self._launch(language, fds, layout)
+            process = await SandboxProcess.spawn(
+                self.spawner, launch, ours=[in_w, res_r, out_r, err_r, stdin_w]
+            )
+        except BaseException:
+            if private_dir is not None:
+                private_tmp.remove(private_dir)
+            raise
         settings = self.settings
         cap = settings.max_output_bytes
         return Sandbox(
@@ -219,19 +240,42 @@ class SandboxFactory:
             stdout=await process.capture(out_r, cap),
             stderr=await process.capture(err_r, cap),
             result=await process.capture(res_r, settings.max_return_value_bytes + 64 * 1024),
+            layout=layout,
+            private_dir=private_dir,
         )
 
-    def _launch(self, language: Language, fds: dict[int, int]) -> Launch:
+    def _layout(self) -> Layout:
+        """bwrap's mount points, or (no mount namespace) the real paths and a fresh
+        private temporary directory."""
+        if self.host.uses_bwrap:
+            return BWRAP_LAYOUT
+        tmp = private_tmp.create(self.host.run_as)
+        venv = os.path.realpath(self.settings.sandbox_venv_path)
+        return Layout(workspace=str(self.settings.workspace_dir), venv=venv, tmp=tmp, home=tmp)
+
+    def _launch(self, language: Language, fds: dict[int, int], layout: Layout) -> Launch:
         settings, host = self.settings, self.host
         program = f"/dev/fd/{BOOTSTRAP_FD}"
-        command = interpreter_command(language, settings, INPUT_FD, RESULT_FD, program)
+        bwrap = host.uses_bwrap
+        command = interpreter_command(language, settings, INPUT_FD, RESULT_FD, program, own_nproc=bwrap)
         lent = self.bootstraps.lent(language, BOOTSTRAP_FD)
-        env = base_environment(settings, language)
+        env = base_environment(settings, language, layout)
         workspace = str(settings.workspace_dir)
-        rlimits = host.limits.rlimits(namespaced=host.isolated)
-        if not host.isolated:
-            env_map = dict(env)
-            return Launch(command, fds, lent, env=env_map, cwd=workspace, run_as=host.run_as, rlimits=rlimits)
+        rlimits = host.limits.rlimits(namespaced=bwrap)
+        if host.level == "landlock":
+            return confined_launch(
+                host,
+                command,
+                fds,
+                lent=lent,
+                workspace=workspace,
+                private_tmp=layout.tmp,
+                env=dict(env),
+                rlimits=rlimits,
+                read_only=[layout.venv],
+            )
+        if not bwrap:
+            return bare_launch(host, command, fds, lent=lent, cwd=workspace, env=dict(env), rlimits=rlimits)
         info_r, info_w = os.pipe2(os.O_CLOEXEC)
         venv = Mount("ro-bind-try", os.path.realpath(settings.sandbox_venv_path), SANDBOX_VENV_MOUNT)
         spec = host.spec(command=command, workspace=workspace, env=env, extra_mounts=[venv], info_fd=info_w)

@@ -21,6 +21,7 @@ import structlog
 from . import metrics
 from .config import Settings
 from .errors import Conflict, QueueFull, ShuttingDown
+from .isolation import Level
 from .models import ExecuteRequest, ExecutionResult, TerminationReason
 from .streaming import EventLogs, OutputSink
 
@@ -40,6 +41,11 @@ class Executor(Protocol):
     """Runs one request to its result (engine.Engine)."""
 
     last_start_error: str | None
+
+    @property
+    def isolation(self) -> Level:
+        """The isolation level its sandboxes run at (isolation.py)."""
+        ...
 
     async def execute(self, request: ExecuteRequest, output: OutputSink | None = None) -> ExecutionResult: ...
 
@@ -294,7 +300,7 @@ class ExecutionService:
 
     def health_problem(self) -> str | None:
         """A reason the daemon cannot serve executions, from cheap checks only."""
-        if not self.settings.disable_bwrap and shutil.which(self.settings.bwrap_path) is None:
+        if self.engine.isolation.startswith("bwrap") and shutil.which(self.settings.bwrap_path) is None:
             return "bwrap is no longer installed"
         workspace = self.settings.workspace_dir
         try:

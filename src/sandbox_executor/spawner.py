@@ -11,6 +11,7 @@ import array
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
+from .bootstrap.confine import Policy
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +39,23 @@ class Usage:
     ru_maxrss: int
     ru_inblock: int
     ru_oublock: int
+
+
+@dataclass(frozen=True)
+class Confine:
+    """What the spawner's child applies to itself before exec where no namespace holds the
+    sandbox (the landlock level; bootstrap/spawner_child.py): no_new_privs, Landlock
+    ``policy``, the seccomp program read from the child's descriptor ``seccomp_fd``; with
+    ``supervise`` the child stays as the sandbox's supervisor (bootstrap/supervisor.py) and
+    its own child confines itself and execs."""
+
+    policy: Policy | None
+    seccomp_fd: int | None
+    supervise: bool = True
+
+    def request(self) -> dict[str, Any]:
+        policy = dataclasses.asdict(self.policy) if self.policy is not None else None
+        return {"policy": policy, "seccomp_fd": self.seccomp_fd, "supervise": self.supervise}
 
 
 @dataclass
@@ -73,7 +93,7 @@ class Spawner:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = subprocess.Popen(
-                [self.python_binary, "-I", "-S", SPAWNER_PROGRAM, str(theirs.fileno())],
+                [self.python_binary, "-I", "-S", SPAWNER_PROGRAM, str(theirs.fileno()), str(os.getpid())],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
@@ -148,8 +168,17 @@ class Spawner:
         uid_gid: tuple[int, int] | None = None,
         rlimits: Sequence[tuple[int, int, int]] = (),
         umask: int | None = None,
+        nproc_headroom: int | None = None,
+        confine: Confine | None = None,
+        sweep_orphans: bool = False,
     ) -> SpawnedChild:
-        """Start ``argv`` with ``fds`` (child fd number -> our fd) in a new session."""
+        """Start ``argv`` with ``fds`` (child fd number -> our fd) in a new session.
+
+        ``nproc_headroom``: RLIMIT_NPROC becomes the uid's current task count plus this
+        (no user namespace counts the child apart). ``confine``: see :class:`Confine`.
+        ``sweep_orphans``: processes the child leaves behind, re-parented to the spawner
+        (its subreaper), are killed when it exits (implied by a supervised ``confine``).
+        """
         if self._lock is None or self._loop is not asyncio.get_running_loop():
             self._lock = asyncio.Lock()
         async with self._lock:
@@ -164,6 +193,9 @@ class Spawner:
                 "gid": uid_gid[1] if uid_gid else None,
                 "rlimits": [list(r) for r in rlimits],
                 "umask": umask,
+                "nproc_headroom": nproc_headroom,
+                "confine": confine.request() if confine is not None else None,
+                "sweep_orphans": sweep_orphans,
             }
             payload = json.dumps(request).encode()
             ancillary = [

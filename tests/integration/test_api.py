@@ -14,6 +14,8 @@ import uuid
 import httpx
 import pytest
 
+from sandbox_executor.isolation import LEVELS
+from tests.support import levels
 from tests.support.server import REPO, RunningServer, running_server, start_server, stop_server
 
 ERROR_KEYS = {"error_code", "description", "error_detail", "solution", "request_id"}
@@ -207,8 +209,11 @@ def test_health_and_metrics(client: httpx.Client) -> None:
     data = health.json()
     for key in ("status", "version", "uptime_seconds", "active_executions", "queued_executions", "isolation"):
         assert key in data
-    assert data["status"] == "healthy" and data["isolation"] == "bwrap"
+    assert data["status"] == "healthy" and data["isolation"] == levels.level()
     text = client.get("/metrics").text
+    for level in LEVELS:
+        value = 1.0 if level == levels.level() else 0.0
+        assert f'sandbox_isolation_level{{level="{level}"}} {value}' in text
     for name in (
         "sandbox_executions_total",
         "sandbox_execution_duration_seconds",
@@ -321,13 +326,22 @@ def test_logs_are_json_lines_without_code_or_output() -> None:
     assert secret not in "\n".join(lines)
 
 
-def test_refuses_to_start_when_sandboxes_cannot_run() -> None:
-    with pytest.raises(RuntimeError, match="exited with 1"):
-        start_server({"BWRAP_PATH": "/nonexistent/bwrap"}, ready_timeout=10)
+def test_refuses_to_start_when_the_pinned_level_cannot_be_had() -> None:
+    with pytest.raises(RuntimeError, match="exited with 1") as refused:
+        start_server({"BWRAP_PATH": "/nonexistent/bwrap", "SANDBOX_ISOLATION": "bwrap"}, ready_timeout=10)
+    assert "SANDBOX_ISOLATION=bwrap is not available here" in str(refused.value)
+    assert "remedy: install it: apt-get install -y bubblewrap" in str(refused.value)
 
 
-def test_disable_bwrap_is_reported() -> None:
-    with running_server({"DISABLE_BWRAP": "true"}) as srv, srv.client() as c:
+def test_disable_bwrap_means_the_strongest_level_without_it() -> None:
+    with running_server({"DISABLE_BWRAP": "true", "SANDBOX_ISOLATION": "auto"}) as srv, srv.client() as c:
+        assert c.get("/health").json()["isolation"] == "landlock"
+        assert 'sandbox_isolation_level{level="landlock"} 1.0' in c.get("/metrics").text
+        assert not [line for line in srv.log_lines() if "isolation_disabled" in line]
+
+
+def test_isolation_none_is_warned_at_start_and_per_run() -> None:
+    with running_server({"SANDBOX_ISOLATION": "none"}) as srv, srv.client() as c:
         assert c.get("/health").json()["isolation"] == "none"
         c.post("/execute?wait=true", json={"execution_id": new_id(), "language": "shell", "code": "true"})
         warnings = [json.loads(line) for line in srv.log_lines() if "isolation_disabled" in line]
@@ -343,4 +357,4 @@ def test_cli_check_passes_here() -> None:
         timeout=60,
         check=False,
     )
-    assert "[ok  ] bwrap" in proc.stdout, proc.stdout + proc.stderr
+    assert "[ok  ] isolation" in proc.stdout and "[ok  ] sandbox" in proc.stdout, proc.stdout + proc.stderr

@@ -181,14 +181,24 @@ def test_check_passes_on_a_good_host(workspace: Path) -> None:
     proc = _cli("check", env={"WORKSPACE_PATH": str(workspace)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert any(line.startswith("[ok  ] bwrap:") and "ran a test sandbox" in line for line in lines)
-    assert all(line.startswith("[ok  ]") for line in lines), proc.stdout
+    assert any(line.startswith("[ok  ] isolation: ") for line in lines), proc.stdout
+    assert any(line.startswith("[ok  ] sandbox:") and "ran a test sandbox" in line for line in lines)
+    # Every check passed; the indented lines are what the level gives up and its remedy.
+    assert all(line.startswith(("[ok  ]", "       ")) for line in lines), proc.stdout
 
 
 def test_check_missing_bwrap(workspace: Path) -> None:
-    proc = _cli("check", env={"WORKSPACE_PATH": str(workspace), "BWRAP_PATH": "/nonexistent/bwrap"})
-    assert proc.returncode == 1
-    assert "[FAIL] bwrap" in proc.stdout and "apt-get install -y bubblewrap" in proc.stdout
+    env = {"WORKSPACE_PATH": str(workspace), "BWRAP_PATH": "/nonexistent/bwrap"}
+    pinned = _cli("check", env={**env, "SANDBOX_ISOLATION": "bwrap"})
+    assert pinned.returncode == 1
+    assert "[FAIL] isolation: SANDBOX_ISOLATION=bwrap is not available here" in pinned.stdout, pinned.stdout
+    assert "apt-get install -y bubblewrap" in pinned.stdout
+    # auto: the strongest level without bwrap, saying what it lacks and how to get more.
+    auto = _cli("check", env={**env, "SANDBOX_ISOLATION": "auto"})
+    assert auto.returncode == 0, auto.stdout + auto.stderr
+    assert "[ok  ] isolation: landlock" in auto.stdout
+    assert "missing for the next level up: user namespaces: bwrap not found" in auto.stdout
+    assert "remedy: install it: apt-get install -y bubblewrap" in auto.stdout
 
 
 def test_check_missing_workspace(tmp_path: Path) -> None:
@@ -235,7 +245,7 @@ def test_check_explains_refused_user_namespaces(workspace: Path) -> None:
             out = os.open(str(workspace / "check.out"), os.O_WRONLY | os.O_CREAT, 0o644)
             os.dup2(out, 1)
             os.dup2(out, 2)
-            env = {**os.environ, "WORKSPACE_PATH": str(workspace)}
+            env = {**os.environ, "WORKSPACE_PATH": str(workspace), "SANDBOX_ISOLATION": "bwrap"}
             os.execve(sys.executable, [*CLI, "check"], env)
         finally:
             os._exit(91)
@@ -249,15 +259,15 @@ def test_check_explains_refused_user_namespaces(workspace: Path) -> None:
     _, status = os.waitpid(pid, 0)
     output = (workspace / "check.out").read_text()
     assert os.waitstatus_to_exitcode(status) == 1, output
-    assert "[FAIL] bwrap" in output, output
+    assert "[FAIL] isolation" in output, output
     assert "user namespaces" in output and "max_user_namespaces" in output
 
 
 def test_run_keeps_log_lines_off_stdout(tmp_path: Path) -> None:
     code = tmp_path / "h.sh"
     code.write_text("echo hi\n")
-    # DISABLE_BWRAP makes the engine log a warning on every run: it must go to stderr.
-    proc = _cli("run", "-l", "shell", str(code), env={"DISABLE_BWRAP": "true"})
+    # SANDBOX_ISOLATION=none makes the engine log a warning on every run: it must go to stderr.
+    proc = _cli("run", "-l", "shell", str(code), env={"SANDBOX_ISOLATION": "none"})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["stdout"] == "hi\n"
     assert "isolation_disabled" in proc.stderr
@@ -306,3 +316,13 @@ def test_run_without_stream_prints_only_the_result(tmp_path: Path) -> None:
     code.write_text("import sys\nprint('out')\nprint('err', file=sys.stderr)\n")
     proc = _cli("run", "-l", "python", str(code))
     assert json.loads(proc.stdout)["stdout"] == "out\n" and "err" not in proc.stderr
+
+
+def test_run_at_a_level_this_host_cannot_give_says_why(tmp_path: Path) -> None:
+    code = tmp_path / "h.sh"
+    code.write_text("echo hi\n")
+    env = {"SANDBOX_ISOLATION": "bwrap", "BWRAP_PATH": "/nonexistent/bwrap"}
+    proc = _cli("run", "-l", "shell", str(code), env=env)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "SANDBOX_ISOLATION=bwrap is not available here" in proc.stderr
+    assert "remedy: install it: apt-get install -y bubblewrap" in proc.stderr

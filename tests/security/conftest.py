@@ -19,7 +19,7 @@ from sandbox_executor.config import Settings
 from sandbox_executor.engine import Engine
 from sandbox_executor.models import ExecuteRequest, ExecutionResult, Language
 from tests.security.helpers import SECRETS, Daemon, start_daemon
-from tests.support import warm
+from tests.support import levels, warm
 
 EngineRun = Callable[..., Awaitable[ExecutionResult]]
 
@@ -58,6 +58,7 @@ def run_engine(engine_workspace: Path) -> EngineRun:
             workspace_path=str(engine_workspace),
             seccomp_enabled=seccomp,
             warm_pool_size=0,
+            sandbox_isolation=levels.setting(),  # type: ignore[arg-type]
         )
         engine = Engine(settings)
         request = ExecuteRequest(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.helpers import LANGUAGES, SUITE_ENV, Daemon
+from tests.security.helpers import LANGUAGES, LEVEL, SUITE_ENV, Daemon
 
 MIB = 1024 * 1024
 FILE_CAP = int(SUITE_ENV["MAX_FILE_SIZE_MB"]) * MIB
@@ -87,7 +87,14 @@ def fill(path, total):
         return [written, type(exc).__name__ + ":" + str(exc.errno)]
     return [written, "ok"]
 def handler(event):
-    return {"tmp": fill("/tmp/fill", 64 << 20), "workspace": fill("/workspace/fill", 64 << 20)}
+    out = {"tmp": fill("/tmp/fill", 64 << 20)}
+    if os.path.exists("/tmp/fill"):
+        os.unlink("/tmp/fill")
+    # Two files each under the per-file cap, together over the tmpfs size.
+    tmpdir, half = os.environ["TMPDIR"], event["tmpfs"] * 3 // 4
+    out["tmpdir"] = [fill(f"{tmpdir}/a", half), fill(f"{tmpdir}/b", half)]
+    out["workspace"] = fill("fill", 64 << 20)
+    return out
 """,
     "javascript": r"""
 const fs = require('fs');
@@ -102,27 +109,42 @@ exports.handler = async () => {
 """,
     "shell": r"""
 head -c 64M /dev/zero > /tmp/fill; echo "tmp rc=$?"
-ls -l /tmp/fill | awk '{print "tmp size", $5}'
-head -c 64M /dev/zero > /workspace/fill; echo "workspace rc=$?"
+ls -l /tmp/fill 2>/dev/null | awk '{print "tmp size", $5}'
+head -c 64M /dev/zero > fill; echo "workspace rc=$?"
 """,
 }
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_filling_tmp_and_workspace_is_bounded(fresh: Daemon, language: str) -> None:
-    result = fresh.attack(FILL_DISKS[language], language)
+    """bwrap levels: /tmp is a tmpfs of TMPFS_SIZE_MB (ENOSPC). landlock: /tmp is not
+    writable at all (EACCES) and TMPDIR, a private directory, is bounded per file
+    (RLIMIT_FSIZE) but not in total (documented: the daemon's temporary file system is the
+    bound). Every level: RLIMIT_FSIZE caps a workspace file (EFBIG)."""
     tmpfs = int(SUITE_ENV["TMPFS_SIZE_MB"]) * MIB
+    result = fresh.attack(FILL_DISKS[language], language, event={"tmpfs": tmpfs})
+    landlock = LEVEL == "landlock"
     if language == "python":
         value = result["return_value"]
-        assert value["tmp"][1] == "OSError:28" and value["tmp"][0] <= tmpfs, value  # ENOSPC
+        if landlock:
+            assert value["tmp"] == [0, "PermissionError:13"], value  # EACCES
+            assert value["tmpdir"] == [[tmpfs * 3 // 4, "ok"]] * 2, value  # the documented gap
+        else:
+            assert value["tmp"][1] == "OSError:28" and value["tmp"][0] <= tmpfs, value  # ENOSPC
+            assert value["tmpdir"][1][1] == "OSError:28", value
         assert value["workspace"][1] == "OSError:27" and value["workspace"][0] <= FILE_CAP, value  # EFBIG
     elif language == "javascript":
-        assert result["return_value"]["tmp"][1] == "ENOSPC", result["return_value"]
+        assert result["return_value"]["tmp"][1] == ("EACCES" if landlock else "ENOSPC"), result[
+            "return_value"
+        ]
     else:
         out = result["stdout"]
         assert "tmp rc=1" in out and "workspace rc=" in out and "workspace rc=0" not in out, out
-        size = int(out.split("tmp size")[1].split()[0])
-        assert size <= tmpfs
+        if landlock:
+            assert "tmp size" not in out, out
+        else:
+            size = int(out.split("tmp size")[1].split()[0])
+            assert size <= tmpfs
     fill = fresh.workspace / "fill"
     assert not fill.exists() or fill.stat().st_size <= FILE_CAP
 
@@ -141,22 +163,30 @@ def create(root, limit, seconds):
         return [n, type(exc).__name__]
     return [n, "ok"]
 def handler(event):
-    # As many as 1.5 s allow in the tmpfs (a million, on a fast machine), and more than the
-    # report cap in the workspace (whose disk may be slow).
-    return {"tmp": create("/tmp/many", 1_000_000, 1.5), "workspace": create("/workspace/many", 1500, 6)}
+    # As many as 1.5 s allow in the temporary directory (a million, in a tmpfs on a fast
+    # machine), and more than the report cap in the workspace (whose disk may be slow).
+    tmp = os.environ["TMPDIR"]
+    return {"tmp": create(f"{tmp}/many", 1_000_000, 1.5), "workspace": create("many", 1500, 6),
+            "tmpdir": tmp}
 """
 
 
 def test_a_million_tiny_files(fresh: Daemon) -> None:
+    """The temporary directory's files go with the run: a tmpfs (bwrap levels) or the
+    private directory the daemon removes (landlock)."""
     result = fresh.attack(MANY_FILES, timeout=10)
     assert result["status"] == "success", result["stderr"][-500:]
     created = result["return_value"]
-    assert created["tmp"][0] > 10_000 and created["workspace"] == [1500, "ok"], created
+    assert created["workspace"] == [1500, "ok"], created
+    if LEVEL == "landlock":  # on the daemon's temporary file system (a disk here), then gone
+        assert created["tmp"][0] > 1000 and not Path(created["tmpdir"]).exists(), created
+    else:
+        assert created["tmp"][0] > 10_000, created
     # The report is capped, not thousands of entries long.
     assert result["artifacts_truncated"] is True and len(result["artifacts"]) <= 1000
     # The workspace keeps them: later runs stay fast (the scan is capped too) and correct.
     started = time.monotonic()
-    after = fresh.execute("open('/workspace/new.txt', 'w').write('x')\ndef handler(e): return 1\n")
+    after = fresh.execute("open('new.txt', 'w').write('x')\ndef handler(e): return 1\n")
     assert after["status"] == "success"
     assert "new.txt" in after["artifacts"]
     assert time.monotonic() - started < 5
@@ -195,7 +225,7 @@ def test_output_flood_on_both_streams(daemon: Daemon, language: str) -> None:
 
 def _heartbeat(marker: str) -> str:
     # A loop whose command line carries ``marker`` so the host can look for survivors.
-    return f"while :; do date +%s%N > /workspace/heartbeat; sleep 0.05; done # {marker}"
+    return f"while :; do date +%s%N > heartbeat; sleep 0.05; done # {marker}"
 
 
 ESCAPE_THE_HANDLER = {
@@ -265,6 +295,7 @@ def test_process_ignoring_sigterm_is_killed_at_the_timeout(daemon: Daemon, langu
 
 FILL_DEV = {
     "python": r"""
+import os
 def fill(path):
     written = 0
     try:
@@ -276,23 +307,35 @@ def fill(path):
         return [written, exc.strerror]
     return [written, "ok"]
 def handler(event):
-    return {"dev": fill("/dev/fill"), "shm": fill("/dev/shm/fill")}
+    out = {"dev": fill("/dev/fill"), "shm": fill(event["shm"])}
+    os.unlink(event["shm"])  # at the landlock level it is the host's /dev/shm
+    return out
 """,
     "shell": 'head -c 64M /dev/zero > /dev/fill; echo "dev rc=$?"\n'
-    'head -c 64M /dev/zero > /dev/shm/fill; echo "shm rc=$?"; wc -c < /dev/shm/fill\n',
+    'shm=$(sed \'s/.*"shm": *"\\([^"]*\\)".*/\\1/\' "$SANDBOX_EVENT_FILE")\n'
+    'head -c 64M /dev/zero > "$shm"; echo "shm rc=$?"; wc -c < "$shm"; rm -f "$shm"\n',
 }
 
 
 @pytest.mark.parametrize("language", ["python", "shell"])
 def test_dev_and_dev_shm_are_not_unbounded_memory(daemon: Daemon, language: str) -> None:
-    # bwrap's /dev is a tmpfs (RAM) of its own: it must not take writes beyond the budget.
-    result = daemon.attack(FILL_DEV[language], language)
+    """bwrap's /dev is a tmpfs (RAM) of its own: it must not take writes beyond the budget.
+    landlock: /dev is the container's and not writable; /dev/shm is the container's too,
+    shared (POSIX semaphores need it) and bounded per file by RLIMIT_FSIZE only: the
+    documented gap (Docker gives a container a 64 MiB /dev/shm)."""
+    shm = f"/dev/shm/fill-{uuid.uuid4().hex[:8]}"
+    result = daemon.attack(FILL_DEV[language], language, event={"shm": shm})
     tmpfs = int(SUITE_ENV["TMPFS_SIZE_MB"]) * MIB
+    landlock = LEVEL == "landlock"
     if language == "python":
         value = result["return_value"]
-        assert value["dev"] == [0, "Read-only file system"], value
-        assert value["shm"][1] == "No space left on device" and value["shm"][0] <= tmpfs, value
+        assert value["dev"] == [0, "Permission denied" if landlock else "Read-only file system"], value
+        if landlock:
+            assert value["shm"] == [FILE_CAP, "File too large"], value
+        else:
+            assert value["shm"][1] == "No space left on device" and value["shm"][0] <= tmpfs, value
     else:
         lines = result["stdout"].split()
         assert "rc=0" not in result["stdout"], result["stdout"]
-        assert int(lines[-1]) <= tmpfs
+        assert int(lines[-1]) == FILE_CAP if landlock else int(lines[-1]) <= tmpfs
+    assert not Path(shm).exists()

@@ -1,5 +1,6 @@
 """The seccomp filter: it compiles, it refuses what docs/SECURITY.md says, and the
-interpreters keep working under it. Every probe runs in a real bwrap sandbox."""
+interpreters keep working under it. Every probe runs in a real sandbox of the level the
+suite runs at (the landlock level's filter is the bwrap one plus its socket and kill rules)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from sandbox_executor import seccomp
+from tests.security.helpers import LEVEL
 
 pyseccomp = pytest.importorskip("pyseccomp")
 
@@ -206,8 +208,9 @@ async def test_filter_refuses_the_denied_calls(run_engine: EngineRun) -> None:
     for flag, got in with_f["clone"].items():
         assert got == "EPERM", f"clone({flag}) answered {got}"
     assert with_f["plain_clone"] == "ok"
-    # Without the filter, bwrap's --disable-userns answers a new user namespace with ENOSPC.
-    assert without["clone"]["CLONE_NEWUSER"] != "EPERM"
+    if LEVEL == "bwrap":
+        # Without the filter, bwrap's --disable-userns answers a new user namespace with ENOSPC.
+        assert without["clone"]["CLONE_NEWUSER"] != "EPERM"
 
 
 FOREIGN_ARCH_CODE = r'''
@@ -244,11 +247,17 @@ async def test_foreign_architectures_are_killed(run_engine: EngineRun) -> None:
 
 
 PYTHON_WORKLOAD = r"""
-import asyncio, concurrent.futures, multiprocessing, subprocess, threading
+import asyncio, concurrent.futures, ctypes, multiprocessing, subprocess, threading
 
 def status(path):
-    return {l.split(":")[0]: l.split(":")[1].strip() for l in open(path)
-            if l.startswith(("Seccomp:", "NoNewPrivs:"))}
+    try:
+        return {l.split(":")[0]: l.split(":")[1].strip() for l in open(path)
+                if l.startswith(("Seccomp:", "NoNewPrivs:"))}
+    except OSError:  # no /proc (landlock): ask the kernel (PR_GET_SECCOMP, PR_GET_NO_NEW_PRIVS)
+        if path != "/proc/self/status":
+            return None
+        prctl = ctypes.CDLL(None).prctl
+        return {"Seccomp": str(prctl(21, 0, 0, 0, 0)), "NoNewPrivs": str(prctl(39, 0, 0, 0, 0))}
 
 def handler(event):
     results = []
@@ -272,7 +281,7 @@ def handler(event):
         mp = pool.map(abs, [-1, -2, -3])
     with concurrent.futures.ProcessPoolExecutor(2) as ex:
         ppe = list(ex.map(abs, [-4, -5]))
-    count = "print(open('/proc/self/status').read().count('Seccomp:\t2'))"
+    count = "import ctypes; print(int(ctypes.CDLL(None).prctl(21, 0, 0, 0, 0) == 2))"  # PR_GET_SECCOMP
     child = subprocess.run(["python3", "-c", count], capture_output=True, text=True).stdout.strip()
     return {"threads": sorted(results), "pooled": pooled, "out": out, "asynced": asynced, "mp": mp,
             "ppe": ppe, "child_filtered": child, "self": status("/proc/self/status"),
@@ -290,15 +299,17 @@ exports.handler = async () => {
   });
   const execd = cp.execSync('echo child | tr a-z A-Z').toString().trim();
   const code = await new Promise((resolve) => cp.spawn('sh', ['-c', 'exit 3']).on('exit', resolve));
-  fs.writeFileSync('/tmp/child.js', 'process.send(7); process.disconnect();');
+  const tmp = require('os').tmpdir();
+  fs.writeFileSync(`${tmp}/child.js`, 'process.send(7); process.disconnect();');
   const forked = await new Promise((resolve, reject) => {
-    const c = cp.fork('/tmp/child.js');
+    const c = cp.fork(`${tmp}/child.js`);
     c.on('message', resolve); c.on('error', reject);
   });
-  await fs.promises.writeFile('/tmp/node-io', 'data');
-  const back = await fs.promises.readFile('/tmp/node-io', 'utf8');
+  await fs.promises.writeFile(`${tmp}/node-io`, 'data');
+  const back = await fs.promises.readFile(`${tmp}/node-io`, 'utf8');
   const timers = await new Promise((resolve) => setTimeout(() => resolve('tick'), 5));
-  const seccomp = fs.readFileSync('/proc/self/status', 'utf8').includes('Seccomp:\t2');
+  const prctl = "import ctypes; print(ctypes.CDLL(None).prctl(21, 0, 0, 0, 0))";  // PR_GET_SECCOMP
+  const seccomp = cp.execFileSync('python3', ['-c', prctl]).toString().trim() === '2';
   return { worker, execd, code, forked, back, timers, seccomp };
 };
 """
@@ -306,13 +317,13 @@ exports.handler = async () => {
 SHELL_WORKLOAD = r"""
 set -eu
 echo "a b c" | tr a-z A-Z | sort
-( cd /tmp && echo "subshell $(pwd)" )
+( cd "$TMPDIR" && echo "subshell $(pwd)" | sed "s|$TMPDIR|TMPDIR|" )
 sleep 0.05 & wait $!; echo "background done"
 echo "lines $(seq 1 100 | wc -l)"
 while read -r n; do total=$(( ${total:-0} + n )); done < <(seq 1 10); echo "sum $total"
 coproc cat; echo hi >&"${COPROC[1]}"; exec {COPROC[1]}>&-
 read -r line <&"${COPROC[0]}"; echo "coproc $line"
-grep -c "Seccomp:.2" /proc/self/status
+python3 -c 'import ctypes; print(ctypes.CDLL(None).prctl(21, 0, 0, 0, 0))'  # PR_GET_SECCOMP
 """
 
 
@@ -329,7 +340,8 @@ async def test_python_keeps_working(run_engine: EngineRun) -> None:
     # The filter binds the sandbox's init and every descendant, with no_new_privs.
     assert value["child_filtered"] == "1"
     assert value["self"] == {"Seccomp": "2", "NoNewPrivs": "1"}
-    assert value["init"]["Seccomp"] == "2"
+    if LEVEL == "bwrap":  # bwrap-compat: /proc/1 is the container's; landlock: no /proc
+        assert value["init"]["Seccomp"] == "2"
 
 
 async def test_node_keeps_working(run_engine: EngineRun) -> None:
@@ -351,10 +363,10 @@ async def test_bash_keeps_working(run_engine: EngineRun) -> None:
     assert result.status == "success", result.stderr
     assert result.stdout.splitlines() == [
         "A B C",
-        "subshell /tmp",
+        "subshell TMPDIR",
         "background done",
         "lines 100",
         "sum 55",
         "coproc hi",
-        "1",
+        "2",
     ]

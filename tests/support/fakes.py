@@ -16,6 +16,7 @@ class ScriptedEngine:
 
     def __init__(self) -> None:
         self.last_start_error: str | None = None
+        self.isolation = "bwrap"
         self.gates: dict[str, asyncio.Event] = {}
         self.started: list[str] = []
         self.explode: set[str] = set()

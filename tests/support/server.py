@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support import levels
+
 REPO = Path(__file__).resolve().parents[2]
 SANDBOX_UID = 65534
 
@@ -98,6 +100,9 @@ def start_server(
         "LOG_LEVEL": "INFO",
         "HEARTBEAT_INTERVAL": "5",
     }
+    # SANDBOX_TEST_ISOLATION pins every test daemon's level (tests/support/levels.py).
+    if levels.forced():
+        full_env["SANDBOX_ISOLATION"] = levels.setting()
     # SANDBOX_TEST_WARM_POOL=0/N runs every test daemon cold / with a pool (tests/support/warm.py).
     if os.environ.get("SANDBOX_TEST_WARM_POOL", "").strip():
         full_env["WARM_POOL_SIZE"] = os.environ["SANDBOX_TEST_WARM_POOL"].strip()

@@ -30,17 +30,17 @@ def warm_pool_size() -> int | None:
     return int(value) if value else None
 
 
-async def execute(engine: Engine, request: ExecuteRequest) -> ExecutionResult:
-    """``engine.execute(request)``, through a pre-started sandbox when the run asks for it."""
+async def execute(engine: Engine, request: ExecuteRequest, *, size: int | None = None) -> ExecutionResult:
+    """``engine.execute(request)``, through a pre-started sandbox when the run (or ``size``)
+    asks for it."""
     try:
-        return await _execute(engine, request)
+        return await _execute(engine, request, warm_pool_size() if size is None else size)
     finally:
         await engine.aclose()  # the engine's spawner helper would outlive the test otherwise
 
 
-async def _execute(engine: Engine, request: ExecuteRequest) -> ExecutionResult:
-    size = warm_pool_size()
-    if not size or engine.settings.disable_bwrap:
+async def _execute(engine: Engine, request: ExecuteRequest, size: int | None) -> ExecutionResult:
+    if not size:
         return await engine.execute(request)
     pool = WarmPool(engine.sandboxes, engine.settings, size=size, pinned=(request.language,), replace=False)
     warm = Engine(engine.settings, engine.sandboxes, warm_source=pool)

@@ -161,3 +161,13 @@ def test_bwrap_supports() -> None:
     help_text = "    --disable-userns             Disable further use of user namespaces"
     assert bwrap_supports(help_text, "--disable-userns")
     assert not bwrap_supports(help_text, "--as-pid-1")
+
+
+def test_the_compat_spec_keeps_every_namespace_without_proc_or_hostname() -> None:
+    argv = build_bwrap_argv(_spec(proc=False, hostname=None, disable_userns=False))
+    for flag in ("--unshare-all", "--unshare-user", "--cap-drop", "--as-pid-1", "--new-session"):
+        assert flag in argv
+    assert "--proc" not in argv and "--hostname" not in argv and "--disable-userns" not in argv
+    # The container's (masked) /proc, read-only: the bootstraps need /dev/fd.
+    at = argv.index("/proc") - 1
+    assert argv[at : at + 3] == ["--ro-bind", "/proc", "/proc"]

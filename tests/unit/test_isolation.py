@@ -13,6 +13,7 @@ from sandbox_executor.isolation import (
     Probe,
     Setting,
     available,
+    bwrap_remedy,
     decide,
 )
 
@@ -105,3 +106,18 @@ def test_none_is_only_ever_explicit() -> None:
         for disable in (False, True):
             assert decide("auto", disable, probe).level != "none"
     assert available(DOCKER_NO_LANDLOCK)["none"]
+
+
+@pytest.mark.parametrize(
+    ("message", "needle"),
+    [
+        ("bwrap: Can't set hostname to sandbox: Operation not permitted", "sethostname"),
+        ("bwrap: Can't mount proc on /newroot/proc: Operation not permitted", "unmask=/proc"),
+        ("bwrap: cannot open /proc/sys/user/max_user_namespaces: Read-only file system", "unmask=/proc"),
+        ("bwrap: No permissions to create new namespace, likely because ...", "unshare/clone"),
+        ("bwrap: Creating new namespace failed: Function not implemented", "unshare/clone"),
+        ("bwrap not found: '/x/bwrap'", "apt-get install -y bubblewrap"),
+    ],
+)
+def test_the_remedy_follows_bwraps_own_words(message: str, needle: str) -> None:
+    assert needle in bwrap_remedy(message)

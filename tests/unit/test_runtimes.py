@@ -13,6 +13,7 @@ from sandbox_executor.runtimes import (
     SANDBOX_VENV_MOUNT,
     SHELL_EVENT_FILE,
     LaunchJob,
+    Layout,
     base_environment,
     interpreter_command,
     launch_message,
@@ -137,3 +138,33 @@ def test_base_environment_has_nothing_of_the_daemon() -> None:
     assert not any(re.search("TOKEN|SECRET|KEY|CONTROL_PLANE", n) for n in names)
     assert dict(base_environment(Settings(), "python"))["HOME"] == "/workspace"
     assert "NODE_PATH" in dict(base_environment(Settings(), "javascript"))
+
+
+def test_a_layout_without_mount_points_reaches_message_and_environment() -> None:
+    layout = Layout(
+        workspace="/srv/ws",
+        venv="/srv/venv.d/tree-1",
+        tmp="/tmp/sandbox-tmp-1-x",
+        home="/tmp/sandbox-tmp-1-x",
+    )
+    job = LaunchJob("e1", "shell", "echo", {"a": 1}, {}, 5, 100)
+    script = launch_message(job, layout).decode()
+    assert "export SANDBOX_EVENT_FILE=/tmp/sandbox-tmp-1-x/event.json;" in script
+    assert "> /tmp/sandbox-tmp-1-x/event.json;" in script
+    py = json.loads(launch_message(LaunchJob("e1", "python", "x", {}, {}, 5, 100), layout))
+    assert py["sys_path"][0] == "/srv/venv.d/tree-1"
+    js = json.loads(launch_message(LaunchJob("e1", "javascript", "x", {}, {}, 5, 100), layout))
+    assert js["node_paths"] == ["/srv/venv.d/tree-1/node_modules"]
+    env = dict(base_environment(Settings(), "javascript", layout))
+    assert env["HOME"] == env["TMPDIR"] == "/tmp/sandbox-tmp-1-x"
+    assert env["PYTHONPATH"] == "/srv/venv.d/tree-1" and env["NODE_PATH"] == "/srv/venv.d/tree-1/node_modules"
+
+
+def test_without_a_user_namespace_the_commands_leave_the_process_cap_alone() -> None:
+    s = Settings(pids_limit=77)
+    py = interpreter_command("python", s, 3, 4, "/dev/fd/5", own_nproc=False)
+    assert py[-4:] == ["/dev/fd/5", "3", "4", "R"]
+    js = interpreter_command("javascript", s, 3, 4, "/dev/fd/5", own_nproc=False)
+    assert js[0] == s.node_binary and not any("77" in arg for arg in js)
+    sh = interpreter_command("shell", s, 3, 4, "", own_nproc=False)
+    assert sh[-4:] == ["3", "4", "R", ""]  # an empty cap: the bootstrap's ulimit is skipped

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -72,9 +74,18 @@ async def test_the_stdin_and_the_deadline_reach_the_run(factory: SandboxFactory,
     assert 1.0 <= result.execution_time < 3.0
 
 
-async def test_a_sandbox_that_cannot_start_raises(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(bwrap_path="/nonexistent/bwrap")
-    factory = SandboxFactory(settings, HostProfile.probe(settings), Spawner(settings.python_binary))
+def _unstartable(settings: Settings) -> SandboxFactory:
+    """A factory whose first exec fails: bwrap gone (bwrap levels) or the interpreter."""
+    host = HostProfile.probe(settings)
+    if host.uses_bwrap:
+        host = dataclasses.replace(host, bwrap_path="/nonexistent/bwrap")
+    else:
+        settings = settings.model_copy(update={"python_binary": "/nonexistent/python3"})
+    return SandboxFactory(settings, host, Spawner("/usr/bin/python3"))
+
+
+async def test_a_sandbox_that_cannot_start_raises(settings: Settings) -> None:
+    factory = _unstartable(settings)
     try:
         with pytest.raises(SandboxStartError):
             await factory.start("python")
@@ -82,8 +93,8 @@ async def test_a_sandbox_that_cannot_start_raises(make_settings: Callable[..., S
         await factory.aclose()
 
 
-async def test_engine_reports_a_start_failure_as_crashed(make_settings: Callable[..., Settings]) -> None:
-    engine = Engine(make_settings(bwrap_path="/nonexistent/bwrap"))
+async def test_engine_reports_a_start_failure_as_crashed(settings: Settings) -> None:
+    engine = Engine(settings, _unstartable(settings))
     result = await engine.execute_once(_request("def handler(event):\n    return 1\n"))
     assert result.status == Status.CRASHED and result.termination_reason == TerminationReason.SANDBOX_ERROR
     assert engine.last_start_error is not None and "cannot start the sandbox" in engine.last_start_error
@@ -116,9 +127,11 @@ async def test_engine_takes_from_its_warm_source_first(factory: SandboxFactory, 
 async def test_without_isolation_the_command_runs_bare_in_the_workspace(
     make_settings: Callable[..., Settings],
 ) -> None:
-    engine = Engine(make_settings(disable_bwrap=True))
-    code = "import os\ndef handler(event):\n    return [os.getcwd(), os.environ['HOME']]\n"
+    engine = Engine(make_settings(sandbox_isolation="none"))
+    code = "import os\ndef handler(e):\n    return [os.getcwd(), os.getenv('HOME'), os.getenv('TMPDIR')]\n"
     result = await engine.execute_once(_request(code))
     assert result.status == Status.SUCCESS, result.stderr
-    assert result.return_value[0] == str(engine.settings.workspace_dir)
-    assert result.return_value[1] == "/workspace"
+    cwd, home, tmp = result.return_value
+    assert cwd == str(engine.settings.workspace_dir)
+    # A private directory of its own, gone with the sandbox.
+    assert home == tmp and os.path.basename(tmp).startswith("sandbox-tmp-") and not os.path.exists(tmp)

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from sandbox_executor.spawner import SPAWNER_PROGRAM, Spawner, SpawnError
+from sandbox_executor.spawner import SPAWNER_PROGRAM, Confine, Spawner, SpawnError
 
 
 @pytest.fixture()
@@ -134,3 +134,106 @@ def test_the_program_speaks_its_protocol_over_a_socketpair() -> None:
     assert "error" in json.loads(sock.recv(65536))
     sock.close()  # the daemon is gone: the spawner leaves
     assert proc.wait(10) == 0
+
+
+# ----------------------------------------------------------- without bwrap (landlock, none)
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
+async def _read_line(fd: int) -> str:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    return (await loop.run_in_executor(None, os.read, fd, 100)).decode().strip()
+
+
+# Prints the pid of a setsid'd grandchild (its parent exits at once), then waits forever.
+ESCAPER = "setsid sh -c 'echo $$; exec sleep 300' & wait; sleep 300"
+
+
+async def test_a_supervised_child_takes_its_setsid_descendants_along(spawner: Spawner) -> None:
+    import asyncio
+    import signal
+
+    r, w = os.pipe()
+    child = await spawner.spawn(
+        ["/bin/sh", "-c", ESCAPER],
+        fds={0: 0, 1: w, 2: 2},
+        env={"PATH": "/usr/bin:/bin"},
+        confine=Confine(policy=None, seccomp_fd=None),  # the supervisor alone
+    )
+    os.close(w)
+    escaped = int(await _read_line(r))
+    os.close(r)
+    assert _alive(escaped)
+    os.kill(child.pid, signal.SIGTERM)  # how the daemon stops a supervised sandbox
+    code, usage = await asyncio.wait_for(child.exited, 10)
+    assert code == -signal.SIGKILL and usage is not None  # exits as its interpreter did
+    assert not _alive(escaped)
+
+
+async def test_orphans_of_a_killed_supervisor_come_back_to_the_spawner_and_die(spawner: Spawner) -> None:
+    import asyncio
+    import signal
+
+    r, w = os.pipe()
+    child = await spawner.spawn(
+        ["/bin/sh", "-c", ESCAPER],
+        fds={0: 0, 1: w, 2: 2},
+        env={"PATH": "/usr/bin:/bin"},
+        confine=Confine(policy=None, seccomp_fd=None),
+    )
+    os.close(w)
+    escaped = int(await _read_line(r))
+    os.close(r)
+    os.kill(child.pid, signal.SIGKILL)  # no chance to kill its tree (the OOM killer's way)
+    await asyncio.wait_for(child.exited, 10)
+    for _ in range(500):  # the spawner (a subreaper) adopted it and kills it
+        if not _alive(escaped):
+            break
+        await asyncio.sleep(0.01)
+    assert not _alive(escaped)
+
+
+FORKS = """
+import os, resource, signal, time
+cap = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+children = []
+for _ in range(40):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.kill(pid, signal.SIGKILL)
+print(cap, len(children))
+"""
+
+
+async def test_nproc_headroom_caps_what_the_child_may_add(spawner: Spawner) -> None:
+    import asyncio
+
+    r, w = os.pipe()
+    uid_gid = (65534, 65534) if os.geteuid() == 0 else None
+    child = await spawner.spawn(
+        ["/usr/bin/python3", "-I", "-S", "-c", FORKS],
+        fds={0: 0, 1: w, 2: 2},
+        env={"PATH": "/usr/bin:/bin"},
+        uid_gid=uid_gid,
+        nproc_headroom=10,
+    )
+    os.close(w)
+    await asyncio.wait_for(child.exited, 30)
+    cap, started = map(int, os.read(r, 4096).decode().split())
+    os.close(r)
+    assert cap >= 10  # what the uid ran when it started, plus the headroom
+    assert 1 <= started <= 10  # the headroom (less whatever else of the uid started), no more

@@ -137,6 +137,7 @@ def sandbox_policy(
     private_tmp: str,
     read_only: Sequence[str] = (),
     *,
+    read_write: Sequence[str] = (),
     proc: bool = False,
     accounts: bool = True,
     shared_memory: bool = True,
@@ -144,13 +145,14 @@ def sandbox_policy(
 ) -> Policy:
     """The landlock level's policy for one run.
 
-    ``read_only`` adds the session venv, the bootstrap files... ``proc`` opens /proc
+    ``read_only`` adds the session venv, the bootstrap files...; ``read_write`` more
+    writable directories (pip's target and cache). ``proc`` opens /proc
     read-only; without it nothing of /proc is reachable (Landlock's ptrace scoping hides
     other processes' environ, memory, fds and root either way, but with ``proc`` their
     cmdline and status stay readable).
     """
     extra = (*read_only, *(("/proc",) if proc else ()), *(ETC_ACCOUNTS if accounts else ()))
-    writable = (workspace, private_tmp, *((SHARED_MEMORY,) if shared_memory else ()))
+    writable = (workspace, private_tmp, *read_write, *((SHARED_MEMORY,) if shared_memory else ()))
     return Policy(
         read_only=(*SYSTEM_DIRS, *ETC_FILES, *extra),
         read_write=writable,

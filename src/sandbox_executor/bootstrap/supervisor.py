@@ -46,8 +46,8 @@ def _prctl(option: int, value: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def descendants(root: int, proc: str = "/proc") -> list[int]:
-    """Live (not zombie) descendants of ``root``, parents before children."""
+def process_table(proc: str = "/proc") -> dict[int, list[int]]:
+    """Parent pid -> its live (not zombie) children, from one walk of ``proc``."""
     children: dict[int, list[int]] = {}
     for name in os.listdir(proc):
         if not name.isdigit():
@@ -62,6 +62,12 @@ def descendants(root: int, proc: str = "/proc") -> list[int]:
         if fields[0] in (b"Z", b"X"):
             continue
         children.setdefault(int(fields[1]), []).append(int(name))
+    return children
+
+
+def descendants(root: int, proc: str = "/proc", table: dict[int, list[int]] | None = None) -> list[int]:
+    """Live (not zombie) descendants of ``root``, parents before children."""
+    children = process_table(proc) if table is None else table
     found: list[int] = []
     queue = [root]
     while queue:
@@ -139,7 +145,7 @@ def supervise(
     _detach_descriptors(report_fd)
     if state["killing"]:
         kill_descendants(me)
-    status = _reap_all(child, me)
+    status = _reap_all(child, me, state)
     if report_fd is not None:
         doc = {"status": status, "ru": tree_usage()}
         try:
@@ -163,21 +169,27 @@ def _detach_descriptors(report_fd: int | None) -> None:
     os.closerange(low, 1 << 20)
 
 
-def _reap_all(child: int, me: int) -> int:
+def _reap_all(child: int, me: int, state: dict[str, bool]) -> int:
     """Reap until no child is left; the interpreter's wait status.
 
-    When the interpreter ends, everything it left behind is killed, as the kernel does
-    when a pid namespace's init exits.
+    When the interpreter ends (or a stop signal came), everything it left behind is
+    killed, as the kernel does when a pid namespace's init exits. A /proc walk can miss a
+    process caught mid-reparenting (seen on 6.18: a grandchild whose parent was exiting),
+    so the end is not "a walk found nothing" but "no child left": as a subreaper, every
+    live process of the tree keeps a chain of parents up to here.
     """
     status = 0
     while True:
         try:
-            pid, got, _ = os.wait4(-1, 0)
+            pid, got, _ = os.wait4(-1, os.WNOHANG if state["killing"] else 0)
         except ChildProcessError:
             return status
         if pid == child:
             status = got
+            state["killing"] = True
+        if state["killing"] and pid == 0:  # children left, none exited just now
             kill_descendants(me)
+            time.sleep(0.001)
 
 
 def _exit_like(status: int) -> NoReturn:

@@ -1,8 +1,11 @@
-"""pip in its own bwrap sandbox: ``pip install --target`` a new tree, nothing else.
+"""pip in its own sandbox: ``pip install --target`` a new tree, nothing else.
 
-Network shared (it must reach the index), an environment of its own, the system read-only,
-write access only to the new tree, the pip cache and a scratch directory; rlimits, a
-timeout and an output cap. docs/DEPENDENCIES.md says what that protects and what not.
+At the daemon's isolation level: bwrap (bwrap-compat's options where that is the level),
+or at the landlock level confined by the spawner's child like the executions
+(``confined.py``), TCP connect limited to the index's ports. Network shared (it must
+reach the index), an environment of its own, the system read-only, write access only to
+the new tree, the pip cache and a scratch directory; rlimits, a timeout and an output cap.
+docs/DEPENDENCIES.md says what that protects and what not.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ from typing import Any
 
 import structlog
 
+from .. import seccomp
 from ..bwrap import Mount, build_bwrap_argv
 from ..config import Settings
+from ..confined import bare_launch, confined_launch
+from ..egress_policy import index_target, parse_allowed_hosts
 from ..errors import InternalError, SandboxStartError
 from ..host import HostProfile
 from ..process import Launch, SandboxProcess
@@ -39,6 +45,10 @@ OUTPUT_TAIL_BYTES = 64 * 1024
 PIP_RUNTIME_MOUNT = "/opt/pip-runtime"
 PIP_CACHE_MOUNT = "/var/cache/pip"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# Read by pip at the landlock level besides the executions' /etc files: its user agent
+# (pip._vendor.distro; a file Landlock refuses answers EACCES, which distro does not
+# expect) and the resolver's configuration.
+PIP_ETC_FILES = ("/etc/os-release", "/etc/debian_version", "/etc/lsb-release", "/etc/resolv.conf")
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,7 @@ class PipRunner:
         # Where a compiled copy of pip may live (the store's root); None: bind pip as it is.
         self.runtime_root = runtime_root
         self.spawner = spawner or Spawner(settings.python_binary)
+        self._landlock_program: bytes | None = None
 
     @property
     def host(self) -> HostProfile:
@@ -157,7 +168,7 @@ class PipRunner:
         """pip's package dir to bind (a compiled copy when possible) and the fallback argv."""
         if self._pip is None:
             pip_dir, fallback = find_pip(self.settings)
-            if pip_dir and self.runtime_root is not None and not self.settings.disable_bwrap:
+            if pip_dir and self.runtime_root is not None and self.host.isolated:
                 pip_dir = (
                     compiled_pip_copy(pip_dir, self.runtime_root, self.settings.python_binary) or pip_dir
                 )
@@ -209,7 +220,7 @@ class PipRunner:
         """(argv, descriptors to pass (the caller closes them), environment, cwd)."""
         pip_dir, fallback = self.locate_pip()
         host = self.host
-        if not host.isolated:
+        if not host.uses_bwrap:  # landlock or none: the real paths (run() adds the rest)
             tmpdir = str(job.scratch / "tmp")
             head = [self.settings.python_binary, "-I", pip_dir] if pip_dir else fallback
             argv = [*head, *self.pip_arguments(job, str(job.target), str(job.cache))]
@@ -234,25 +245,73 @@ class PipRunner:
         )
         return build_bwrap_argv(spec), spec.inherited_fds(), {}, None
 
+    def launch(
+        self, job: PipJob, argv: list[str], fds: dict[int, int], env: dict[str, str], cwd: str | None
+    ) -> Launch:
+        """The launch of ``command(job)`` at the host's level (``fds``: child -> ours)."""
+        host = self.host
+        rlimits = host.pip_rlimits
+        if host.uses_bwrap:
+            return Launch(argv, fds, env=env, cwd=cwd, run_as=host.run_as, rlimits=rlimits, umask=0o022)
+        if host.level == "none":
+            return bare_launch(
+                host, argv, fds, cwd=cwd or str(job.scratch), env=env, rlimits=rlimits, umask=0o022
+            )
+        return self.confined(job, argv, fds, env)
+
+    def confined(self, job: PipJob, argv: list[str], fds: dict[int, int], env: dict[str, str]) -> Launch:
+        """pip at the landlock level: its directories, the system, TCP connect to
+        :meth:`connect_ports` only, :meth:`landlock_program`'s seccomp filter.
+
+        Hooks for a policy on top (an egress proxy): override ``connect_ports`` and
+        ``landlock_program``.
+        """
+        pip_dir, _ = self.locate_pip()
+        # `python -I <pip dir>` puts the directory's parent on sys.path.
+        read_only = [*PIP_ETC_FILES, *([os.path.dirname(pip_dir)] if pip_dir else [])]
+        return confined_launch(
+            self.host,
+            argv,
+            fds,
+            workspace=str(job.scratch),
+            private_tmp=str(job.scratch / "tmp"),
+            env=env,
+            rlimits=self.host.pip_rlimits,
+            read_only=read_only,
+            read_write=[str(job.target), str(job.cache)],
+            connect_tcp=self.connect_ports(job),
+            seccomp_program=self.landlock_program(),
+            umask=0o022,
+        )
+
+    def connect_ports(self, job: PipJob) -> list[int]:
+        """The TCP ports pip may connect to at the landlock level: the index's and those of
+        DEPENDENCY_ALLOWED_HOSTS (Landlock rules are per port, not per address)."""
+        targets = {index_target(job.index_url), *parse_allowed_hosts(self.settings.dependency_allowed_hosts)}
+        ports = {target.port for target in targets}
+        if index_target(job.index_url).scheme == "https":
+            ports.add(443)  # PyPI's files live on another host (files.pythonhosted.org)
+        return sorted(ports)
+
+    def landlock_program(self) -> bytes:
+        """The landlock level's seccomp filter with IPv4/IPv6 sockets allowed (pip must
+        resolve and reach the index); built once."""
+        if self._landlock_program is None:
+            self._landlock_program = seccomp.build_landlock_program(allow_inet=True)
+        return self._landlock_program
+
     async def run(self, job: PipJob, stop: asyncio.Event | None = None) -> PipOutcome:
         """Run pip for ``job`` to completion, timeout or ``stop``; never raises for pip's failures."""
         started = time.monotonic()
         timeout = float(self.settings.dependency_install_timeout_seconds)
-        # Both block (bwrap --help, libseccomp, compiling pip once): off the event loop.
-        await asyncio.to_thread(self.locate_pip)
+        # Both block (the host probe, libseccomp, compiling pip once): off the event loop.
         await asyncio.to_thread(lambda: self.host)
+        await asyncio.to_thread(self.locate_pip)
         argv, fds, env, cwd = self.command(job)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        launch = Launch(
-            argv,
-            {0: devnull, 1: out_w, 2: out_w, **{fd: fd for fd in fds}},
-            env=env,
-            cwd=cwd,
-            run_as=self.host.run_as,
-            rlimits=self.host.pip_rlimits,
-            umask=0o022,
-        )
+        stdio = {0: devnull, 1: out_w, 2: out_w, **{fd: fd for fd in fds}}
+        launch = self.launch(job, argv, stdio, env, cwd)
         try:
             process = await SandboxProcess.spawn(self.spawner, launch, ours=[out_r])
         except SandboxStartError as exc:
