@@ -101,6 +101,15 @@ KUBE = Setting(
     kube=True,
 )
 
+# Without a seccompProfile a pod is Unconfined unless the kubelet runs --seccomp-default.
+POD_UNCONFINED = Setting(
+    "pod-unconfined",
+    "bwrap-compat",
+    "plain Kubernetes pod on a node without a default seccomp profile (Unconfined): masked "
+    "/proc, uid 1000, caps dropped, no-new-privileges",
+    options=(*UNPRIVILEGED, "--security-opt", "seccomp=unconfined"),
+)
+
 DROPIN = Setting(
     "dropin",
     "bwrap",
@@ -154,4 +163,14 @@ S3_KUBE = Setting(
     strict_privileges=False,
 )
 
-ALL: tuple[Setting, ...] = (HARDENED, DOCKER, DOCKER_NO_BWRAP, POD, KUBE, DROPIN, S3_DOCKER, S3_KUBE)
+ALL: tuple[Setting, ...] = (
+    HARDENED,
+    DOCKER,
+    DOCKER_NO_BWRAP,
+    POD,
+    KUBE,
+    POD_UNCONFINED,
+    DROPIN,
+    S3_DOCKER,
+    S3_KUBE,
+)
