@@ -11,9 +11,10 @@ from .report import Report
 LEVELS = ("bwrap", "bwrap-compat", "landlock", "none")
 
 
-def names(text: str, level: str) -> bool:
-    """``level`` appears as a word of its own ("bwrap" is not "bwrap-compat")."""
-    return re.search(rf"(?<![\w-]){re.escape(level)}(?![\w-])", text) is not None
+def check_level(text: str) -> str:
+    """The level `sandbox-executor check` names on its isolation line ("" if none)."""
+    found = re.search(r"(?m)^\[[^]]*\]\s*isolation:\s*([\w-]+)", text)
+    return found.group(1) if found else ""
 
 
 def metrics_level(text: str) -> list[str]:
@@ -26,7 +27,7 @@ def metrics_level(text: str) -> list[str]:
     return found
 
 
-def check_level(report: Report, where: str, daemon: Daemon, expected: str) -> str:
+def check(report: Report, where: str, daemon: Daemon, expected: str) -> str:
     """Checks /health, /metrics and the check command; the level /health reported."""
     try:
         status, health = daemon.call("GET", "/health")
@@ -60,11 +61,12 @@ def check_level(report: Report, where: str, daemon: Daemon, expected: str) -> st
         "exec", "--user", "1000:1000", daemon.container, "sandbox-executor", "check", timeout=90
     )
     text = out.stdout + out.stderr
+    named = check_level(text)
     lines = [line.strip() for line in text.splitlines() if "isolation" in line.lower()]
     report.check(
         where,
         f"`sandbox-executor check` passes and names the level {expected}",
-        out.returncode == 0 and any(names(line, expected) for line in lines),
+        out.returncode == 0 and named == expected,
         f"exit {out.returncode}: " + (" | ".join(lines) or text.strip()[-300:])[:500],
         "level",
     )

@@ -71,9 +71,12 @@ def _with_container(
     report.measure(f"{where}: start to /health 200", round(healthy_at - launched.started, 2), " s")
     hostname = podman.hostname(launched.container)
     pid1 = podman.host_pid(launched.container)
+    if not report.check(where, "the container's PID 1 is visible from the host", pid1 is not None):
+        return
+    assert pid1 is not None
     # Before any user code: tini, the daemon, the spawner (sandboxes are one level deeper).
-    core = tuple(hostproc.tree(pid1, depth=2).values()) if pid1 is not None else ()
-    record.level = level.check_level(report, where, daemon, setting.expected_level)
+    core = tuple(hostproc.tree(pid1, depth=2).values())
+    record.level = level.check(report, where, daemon, setting.expected_level)
     lifecycle.ready(report, where, plane, hostname, tokens[0], launched.started)
     if not setting.kube:  # kube play does not take the image's HEALTHCHECK
         lifecycle.healthcheck(report, where, launched.container)
@@ -81,11 +84,8 @@ def _with_container(
     lifecycle.result_callback(report, where, plane)
     if setting.dependency_sync:
         lifecycle.dependency_sync(report, where, daemon)
-    if pid1 is not None:
-        lifecycle.privileges(report, where, pid1, setting.strict_privileges)
-    if setting.attacks and pid1 is not None:
-        target = attacks.Target(where, daemon, plane, pid1, core, port, tokens, report)
-        attacks.run_all(target)
+    lifecycle.privileges(report, where, pid1, setting.strict_privileges)
+    attacks.run_all(attacks.Target(where, daemon, plane, pid1, core, port, tokens, report))
     if podman.running(launched.container):
         lifecycle.stop(report, where, launched, plane, hostname)
     else:

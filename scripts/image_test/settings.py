@@ -35,7 +35,6 @@ class Setting:
     env: tuple[tuple[str, str], ...] = ()
     kube: bool = False  # podman kube play of POD_SPEC instead of podman run
     dependency_sync: bool = False
-    attacks: bool = True
     # Processes dropped to 1000 by gosu keep the bounding set and may lack no_new_privs.
     strict_privileges: bool = True
 
@@ -127,7 +126,6 @@ DROPIN = Setting(
     command=("-c", DROPIN_SCRIPT),
     env=(("WORKSPACE_PATH", "s3://bucket/sessions/it-dropin"), ("DISABLE_BWRAP", "false")),
     dependency_sync=True,
-    attacks=False,
     strict_privileges=False,
 )
 

@@ -31,9 +31,12 @@ def test_the_pod_spec_is_filled_and_takes_the_tests_environment() -> None:
 
 
 def test_levels_are_read_as_words_and_from_metrics_samples_valued_1() -> None:
-    assert level.names("isolation: bwrap (full)", "bwrap")
-    assert not level.names("isolation: bwrap-compat", "bwrap")
-    assert level.names("isolation: bwrap-compat", "bwrap-compat")
+    check = (
+        "[ok  ] isolation: bwrap-compat (Landlock ABI 7; seccomp filter on)\n"
+        "       remedy: unset DISABLE_BWRAP and SANDBOX_ISOLATION: this host gives bwrap\n"
+    )
+    assert level.check_level(check) == "bwrap-compat"
+    assert level.check_level("[ok  ] bwrap: ran a test sandbox\n") == ""
     metrics = (
         "# HELP sandbox_isolation_level the isolation level\n"
         'sandbox_isolation_level{level="bwrap"} 0.0\n'
