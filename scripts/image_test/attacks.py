@@ -142,11 +142,10 @@ def kill_daemon(t: Target) -> None:
 def outlive_timeout(t: Target, language: str, code: str) -> None:
     mark = marker(f"setsid-{language}")
     orphan_file = f"orphan-{mark}.txt"
-    extra: dict[str, Any] = (
-        {"event": {"marker": mark, "file": orphan_file}}
-        if language == "python"
-        else {"env_vars": {"MARKER": mark, "ORPHAN_FILE": orphan_file}}
-    )
+    # The marker also rides in the environment: every process the run execs carries it.
+    extra: dict[str, Any] = {"env_vars": {"MARKER": mark, "ORPHAN_FILE": orphan_file}}
+    if language == "python":
+        extra["event"] = {"marker": mark, "file": orphan_file}
     status, result, took = t.run(f"setsid_{language}", language, code, 2, **extra)
     left = [f"{p.pid} {p.cmdline[:60]}" for p in hostproc.with_marker(mark)]
     beat = hostproc.container_path(t.pid1, f"{WORKSPACE}/{orphan_file}")

@@ -62,8 +62,17 @@ def alive(proc: Proc) -> bool:
 
 
 def with_marker(marker: str) -> list[Proc]:
-    """Every process on the host whose command line contains ``marker``."""
-    return [proc for proc in everything().values() if marker in proc.cmdline]
+    """Every process on the host whose command line or environment holds ``marker``."""
+    found = []
+    needle = marker.encode()
+    for proc in everything().values():
+        try:
+            environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
+        except OSError:
+            environ = b""
+        if marker in proc.cmdline or needle in environ:
+            found.append(proc)
+    return found
 
 
 def container_path(pid1: int, path: str) -> Path:

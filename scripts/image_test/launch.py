@@ -40,8 +40,25 @@ def launch(setting: Setting, name: str, image: str, env: dict[str, str]) -> Laun
     args = ["--network", "host"]  # the fake control plane is on the host's loopback
     for key, value in env.items():
         args += ["-e", f"{key}={value}"]
-    started = podman.run_detached(name, [*args, *setting.options, image, *setting.command])
+    options = host_options(setting.options, Path("/dev/fuse").exists())
+    started = podman.run_detached(name, [*args, *options, image, *setting.command])
     return Launched(name, started)
+
+
+def host_options(options: tuple[str, ...], have_fuse: bool) -> list[str]:
+    """``options`` without ``--device /dev/fuse`` on a host that has none (no fuse module):
+    s3fs is never run here, and the isolation level does not depend on the device."""
+    out: list[str] = []
+    skip = False
+    for i, option in enumerate(options):
+        if skip:
+            skip = False
+            continue
+        if not have_fuse and option == "--device" and options[i + 1 : i + 2] == ("/dev/fuse",):
+            skip = True
+            continue
+        out.append(option)
+    return out
 
 
 def render_pod_spec(text: str, name: str, image: str, env: dict[str, str]) -> str:

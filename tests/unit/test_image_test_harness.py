@@ -30,6 +30,14 @@ def test_the_pod_spec_is_filled_and_takes_the_tests_environment() -> None:
         assert placeholder not in body
 
 
+def test_the_fuse_device_is_asked_for_only_where_the_host_has_one() -> None:
+    options = settings.S3_DOCKER.options
+    assert launch.host_options(options, have_fuse=True) == list(options)
+    without = launch.host_options(options, have_fuse=False)
+    assert "/dev/fuse" not in without and "--device" not in without
+    assert len(without) == len(options) - 2
+
+
 def test_levels_are_read_as_words_and_from_metrics_samples_valued_1() -> None:
     check = (
         "[ok  ] isolation: bwrap-compat (Landlock ABI 7; seccomp filter on)\n"
