@@ -49,6 +49,9 @@ class Target:
     port: int
     secrets: tuple[str, ...]  # the token values that must never come out
     report: Report
+    # Negative control (level none): every attack must be seen to succeed, proving that
+    # each verdict can fail.
+    control: bool = False
 
     def run(self, kind: str, language: str, code: str, timeout: int, **extra: Any) -> tuple[int, Any, float]:
         body = {
@@ -64,6 +67,13 @@ class Target:
     def check(self, name: str, ok: bool, detail: str, column: str) -> bool:
         return self.report.check(self.where, name, ok, detail, column)
 
+    def verdict(self, name: str, stopped: bool, succeeded: bool, detail: str, column: str) -> None:
+        """``succeeded``: positive evidence that the attack worked (never just "no answer")."""
+        if self.control:
+            self.check(f"negative control, the attack must be seen: {name}", succeeded, detail, column)
+        else:
+            self.check(name, stopped and not succeeded, detail, column)
+
 
 def marker(kind: str) -> str:
     return f"imgtest-{kind}-{secrets.token_hex(4)}"
@@ -75,9 +85,10 @@ def token_read(t: Target) -> None:
     leaked = [s for s in t.secrets if s in text]
     rv = result.get("return_value") or {}
     ran = status == 200 and result.get("status") == "success"
-    t.check(
+    t.verdict(
         "user code cannot read INTERNAL_API_TOKEN / EXECUTOR_API_TOKEN (every /proc/<pid>/environ)",
-        ran and not leaked and not rv.get("found"),
+        ran and not rv.get("found"),
+        bool(leaked),
         f"found {rv.get('found')}, readable files {rv.get('readable')}, refused {rv.get('refused')}"
         if ran
         else f"HTTP {status} {text[:400]}",
@@ -93,9 +104,10 @@ def port_connect(t: Target) -> None:
     connected = [k for k, v in rv.items() if str(v).startswith("CONNECTED")]
     reached = t.plane.seen(probe)
     ran = status == 200 and result.get("status") == "success" and bool(rv)
-    t.check(
+    t.verdict(
         "user code cannot connect to the daemon's port (nor the control plane's)",
-        ran and not connected and not reached,
+        ran,
+        bool(connected or reached),
         json.dumps(rv)[:500] if ran else f"HTTP {status} {json.dumps(result)[:400]}",
         "port",
     )
@@ -114,9 +126,10 @@ def writes(t: Target) -> None:
         "" if on_disk[WORKSPACE] else f"HTTP {status} {json.dumps(result)[:400]}",
         "writes",
     )
-    t.check(
+    t.verdict(
         "user code cannot write outside the workspace (" + ", ".join(OUTSIDE_WORKSPACE) + ")",
-        status == 200 and not escaped,
+        status == 200,
+        bool(escaped),
         f"on the container's disk: {escaped}" if escaped else f"sandbox saw {json.dumps(rv)[:400]}",
         "writes",
     )
@@ -127,16 +140,18 @@ def kill_daemon(t: Target) -> None:
     rv = result.get("return_value") or {}
     dead = [f"{p.pid} {p.cmdline[:40]}" for p in t.core if not hostproc.alive(p)]
     healthy = t.daemon.healthy(timeout=5)
-    t.check(
+    t.verdict(
         "user code cannot kill the daemon (SIGKILL to every pid, kill(-1))",
-        len(t.core) >= 3 and not dead and healthy and podman.running(t.daemon.container),
+        len(t.core) >= 3 and healthy and podman.running(t.daemon.container),
+        bool(dead),
         f"killed {dead}, /health {'200' if healthy else 'down'}; sandbox: delivered to "
         f"{rv.get('delivered')}, refused {rv.get('refused')}, kill(-1) {rv.get('kill(-1)')}"
         if status == 200
         else f"HTTP {status}, killed {dead}, /health {'200' if healthy else 'down'}",
         "kill",
     )
-    after(t, "kill", "kill")
+    if not t.control:
+        after(t, "kill", "kill")
 
 
 def outlive_timeout(t: Target, language: str, code: str) -> None:
@@ -155,9 +170,10 @@ def outlive_timeout(t: Target, language: str, code: str) -> None:
     if left:
         time.sleep(2)
         left.append(f"after 2 s more: {len(hostproc.with_marker(mark))} left")
-    t.check(
+    t.verdict(
         f"a setsid'd double-forked child ({language}) does not outlive its run's timeout",
-        status == 200 and result.get("status") == "timeout" and size > 0 and not left and not grew,
+        status == 200 and result.get("status") == "timeout" and size > 0,
+        bool(left) or grew,
         f"status {result.get('status')} in {took:.1f} s, orphan wrote {size} B"
         + (f", still writing after the result: {grew}" if grew else "")
         + (f", still running: {left}" if left else ""),
@@ -207,7 +223,10 @@ def run_all(t: Target) -> None:
     token_read(t)
     port_connect(t)
     writes(t)
-    outlive_timeout(t, "python", programs.SETSID_PYTHON)
-    outlive_timeout(t, "shell", programs.SETSID_SHELL)
-    fork_bomb(t)
+    # Not in the negative control: without a sandbox too, the spawner (a subreaper) kills
+    # what a run leaves behind, and the fork bomb's process group ends with its run.
+    if not t.control:
+        outlive_timeout(t, "python", programs.SETSID_PYTHON)
+        outlive_timeout(t, "shell", programs.SETSID_SHELL)
+        fork_bomb(t)
     kill_daemon(t)

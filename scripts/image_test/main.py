@@ -80,6 +80,10 @@ def _with_container(
     core = tuple(hostproc.tree(pid1, depth=2).values())
     record.level = level.check(report, where, daemon, setting.expected_level)
     lifecycle.ready(report, where, plane, hostname, tokens[0], launched.started)
+    if setting.control:
+        target = attacks.Target(where, daemon, plane, pid1, core, port, tokens, report, control=True)
+        attacks.run_all(target)
+        return
     if not setting.kube:  # kube play does not take the image's HEALTHCHECK
         lifecycle.healthcheck(report, where, launched.container)
     lifecycle.workloads(report, where, daemon, record.level)

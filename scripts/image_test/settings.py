@@ -37,6 +37,8 @@ class Setting:
     dependency_sync: bool = False
     # Processes dropped to 1000 by gosu keep the bounding set and may lack no_new_privs.
     strict_privileges: bool = True
+    # No sandbox on purpose: every attack must be seen to succeed (the checks can fail).
+    control: bool = False
 
 
 HARDENED = Setting(
@@ -161,6 +163,16 @@ S3_KUBE = Setting(
     strict_privileges=False,
 )
 
+CONTROL_NONE = Setting(
+    "control-none",
+    "none",
+    "negative control: SANDBOX_ISOLATION=none under the Docker settings, where every attack "
+    "must be seen to succeed",
+    options=DOCKER.options,
+    env=(("SANDBOX_ISOLATION", "none"),),
+    control=True,
+)
+
 ALL: tuple[Setting, ...] = (
     HARDENED,
     DOCKER,
@@ -171,4 +183,5 @@ ALL: tuple[Setting, ...] = (
     DROPIN,
     S3_DOCKER,
     S3_KUBE,
+    CONTROL_NONE,
 )
