@@ -2,9 +2,10 @@
 #
 # Build:  make image          (podman build --format docker, see mk/image.mk)
 # Run:    podman run --cap-drop=ALL --security-opt no-new-privileges \
+#           --security-opt seccomp=deploy/kubernetes/seccomp/sandbox-executor.json \
 #           --security-opt unmask=/proc/* -p 8080:8080 sandbox-executor:dev
-#         (podman's default seccomp profile allows the user namespaces bwrap needs;
-#          Docker's does not: see docs/OPERATIONS.md)
+#         (these flags give the full bwrap level; other settings get the strongest level
+#          they allow, e.g. landlock under Docker's default seccomp: docs/OPERATIONS.md)
 #
 # The base is pinned by tag. Where no registry is reachable, scripts/bootstrap-base-image
 # creates it locally with debootstrap. Debian package versions are pinned below: when a

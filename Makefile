@@ -50,8 +50,9 @@ test: setup
 	SANDBOX_TEST_ISOLATION=landlock SECURITY_DAEMON_USER=nobody $(PYTEST) $(LEVEL_PASS)
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts/image_test
 	$(VENV)/bin/mypy
+	MYPYPATH=scripts:. $(VENV)/bin/mypy scripts/image_test
 
 bench: setup
 	$(PY) benchmarks/run.py
