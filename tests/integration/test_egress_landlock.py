@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from sandbox_executor.config import Settings
+from sandbox_executor.dependencies.egress.policy import policy_for
+from sandbox_executor.dependencies.egress.proxy import EgressProxy
+from sandbox_executor.dependencies.egress.route import loopback_route
 from sandbox_executor.dependencies.pip_sandbox import PipJob, PipRunner
-from sandbox_executor.egress_policy import policy_for
-from sandbox_executor.egress_proxy import EgressProxy
-from sandbox_executor.egress_wiring import loopback_proxy_url
-from sandbox_executor.pip_options import pip_extra_args
 from tests.support.landlock_net import landlock_abi, memfd_with, policy, program, wrapped
 from tests.support.listeners import RecordingListener
 from tests.support.local_index import LocalIndex, sdist_bytes
@@ -198,16 +197,13 @@ async def test_pip_at_the_landlock_level_reaches_only_the_proxy(base: Path, udp_
         index.add(*sdist_bytes("evil-pkg", "1.0", "evil_pkg", build))
         settings = Settings(disable_bwrap=True, dependency_allow_sdist=True, executor_port=executor.port)
         job = PipJob(["alpha", "evil-pkg"], index.url, base / "target", base / "scratch", base / "cache")
-        argv, _, env, cwd = PipRunner(settings).command(job)
         token = secrets.token_hex(16)
         async with EgressProxy(
             policy_for(index.url, forbidden_internal_ports=[executor.port]), token=token
         ) as px:
             await px.pin_index()
             port = await px.start_tcp()
-            extra = pip_extra_args(allow_sdist=True, proxy_url=loopback_proxy_url(port, token))
-            at = argv.index("--")
-            argv[at:at] = extra
+            argv, _, env, cwd = PipRunner(settings).command(job, loopback_route(port, token))
             # pip's package directory is argv[2]; it imports from that directory's parent.
             spec = policy(
                 port,

@@ -16,10 +16,11 @@ import pytest
 
 from sandbox_executor.config import Settings
 from sandbox_executor.dependencies import DependencyManager, SyncRequest
+from sandbox_executor.dependencies.pip_sandbox import PipRunner
 from sandbox_executor.engine import Engine
 from sandbox_executor.errors import InstallFailed
+from sandbox_executor.metrics import REGISTRY
 from sandbox_executor.models import ExecuteRequest
-from tests.support.egress_pip import ProxiedPipRunner, socket_dir
 from tests.support.listeners import RecordingListener
 from tests.support.local_index import LocalIndex, sdist_bytes
 
@@ -116,14 +117,13 @@ def pip_runtime_root() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def manager_for(
-    settings: Settings, base: Path, runtime_root: Path
-) -> tuple[DependencyManager, ProxiedPipRunner]:
-    manager = DependencyManager(settings)
-    runner = ProxiedPipRunner(settings, socket_dir(base))
-    runner.runtime_root = runtime_root
-    manager.pip = runner
-    return manager, runner
+def manager_for(settings: Settings, runtime_root: Path) -> DependencyManager:
+    return DependencyManager(settings, pip=PipRunner(settings, runtime_root=runtime_root))
+
+
+def denied(reason: str) -> float:
+    value = REGISTRY.get_sample_value("sandbox_dependency_egress_denied_total", {"reason": reason})
+    return value or 0.0
 
 
 def settings_for(base: Path, **overrides: Any) -> Settings:
@@ -168,7 +168,8 @@ async def test_a_hostile_build_reaches_nothing_but_the_index_and_wheels_still_in
             )
         )
         settings = settings_for(base, dependency_allow_sdist=True, executor_port=executor.port)
-        manager, runner = manager_for(settings, base, pip_runtime_root)
+        manager = manager_for(settings, pip_runtime_root)
+        before = {reason: denied(reason) for reason in ("host_not_allowed", "bad_target", "method")}
         try:
             body = await manager.sync(
                 SyncRequest(
@@ -197,8 +198,8 @@ async def test_a_hostile_build_reaches_nothing_but_the_index_and_wheels_still_in
             assert answer.split(" ")[1:2] in (["403"], ["400"], ["405"]), (channel, line, answer)
     # The same channel does reach the index: the refusals above are the proxy's.
     assert findings["control"].startswith("HTTP/1.0 200"), findings["control"]
-    reasons = {reason for _, _, reason in runner.proxy.denied} if runner.proxy else set()
-    assert {"host_not_allowed", "bad_target", "method"} <= reasons
+    # Each kind of refusal was counted in /metrics' counter.
+    assert all(denied(reason) > count for reason, count in before.items()), before
 
 
 async def test_by_default_the_sdist_is_refused_and_named(base: Path, pip_runtime_root: Path) -> None:
@@ -207,33 +208,26 @@ async def test_by_default_the_sdist_is_refused_and_named(base: Path, pip_runtime
         index.add(
             *sdist_bytes("evil-pkg", "1.0", "evil_pkg", hostile_build(index, [("127.0.0.1", other.port)]))
         )
-        manager, runner = manager_for(settings_for(base), base, pip_runtime_root)
+        manager = manager_for(settings_for(base), pip_runtime_root)
         try:
-            with pytest.raises(InstallFailed) as caught:
+            with pytest.raises(InstallFailed) as direct:
                 await manager.sync(SyncRequest(python_package_index_url=index.url, dependencies=["evil-pkg"]))
-            assert caught.value.error_code == "Executor.DependencyInstallFailed"
-            missing = runner.missing_wheel
-            assert missing is not None and (missing.name, missing.required_by) == ("evil-pkg", None)
             # The same sdist as a dependency of a wheel.
-            with pytest.raises(InstallFailed) as caught:
+            with pytest.raises(InstallFailed) as transitive:
                 await manager.sync(SyncRequest(python_package_index_url=index.url, dependencies=["alpha"]))
-        finally:
-            await manager.aclose()
-        assert caught.value.error_code == "Executor.DependencyInstallFailed"
-        assert "No matching distribution found for evil-pkg" in str(caught.value.detail)
-        missing = runner.missing_wheel
-        assert missing is not None
-        assert (missing.name, missing.required_by, missing.source_only) == ("evil-pkg", "alpha", True)
-        error = missing.error()
-        assert "evil-pkg" in error.description and "DEPENDENCY_ALLOW_SDIST" in error.description
-        # pip never even downloaded the sdist, so none of its code ran.
-        assert not any(path.startswith("/files/evil_pkg") for path in index.requests)
-        assert other.count() == 0
-        # A project that does not exist is not blamed on wheels.
-        manager, runner = manager_for(settings_for(base), base, pip_runtime_root)
-        try:
-            with pytest.raises(InstallFailed):
+            # A project that does not exist is not blamed on wheels.
+            with pytest.raises(InstallFailed) as unknown:
                 await manager.sync(SyncRequest(python_package_index_url=index.url, dependencies=["nosuch"]))
         finally:
             await manager.aclose()
-        assert runner.missing_wheel is None
+        # pip never even downloaded the sdist, so none of its code ran.
+        assert not any(path.startswith("/files/evil_pkg") for path in index.requests)
+        assert other.count() == 0
+    for caught in (direct, transitive):
+        error = caught.value
+        assert error.error_code == "Executor.DependencyInstallFailed"
+        assert "evil-pkg" in error.description and "DEPENDENCY_ALLOW_SDIST=false" in error.description
+        assert "DEPENDENCY_ALLOW_SDIST=true" in error.solution
+        assert "No matching distribution found for evil-pkg" in str(error.detail)
+    assert "(required by alpha)" in transitive.value.description
+    assert "DEPENDENCY_ALLOW_SDIST" not in unknown.value.description

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from sandbox_executor.egress_policy import EgressPolicy, IPAddress, Target, policy_for
-from sandbox_executor.egress_proxy import EgressProxy, ProxyLimits
+from sandbox_executor.dependencies.egress.policy import EgressPolicy, IPAddress, Target, policy_for
+from sandbox_executor.dependencies.egress.proxy import EgressProxy, ProxyLimits
 from sandbox_executor.metrics import REGISTRY
 from tests.support.listeners import RecordingListener
 from tests.support.local_index import LocalIndex

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sandbox_executor import seccomp
 from sandbox_executor.bootstrap import confine
-from sandbox_executor.egress_seccomp import pip_landlock_program
+from sandbox_executor.dependencies.egress.tcp_rules import pip_landlock_program
 
 BOOTSTRAP_DIR = str(Path(confine.__file__).parent)
 

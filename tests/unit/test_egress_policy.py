@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from sandbox_executor.egress_policy import (
+from sandbox_executor.dependencies.egress.policy import (
     AddressClass,
     EgressPolicy,
     Target,

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import structlog
-from prometheus_client import Counter
 
-from .egress_http import (
+from ...metrics import EGRESS_DENIED
+from .heads import (
     BadMessage,
     RequestHead,
     client_response_head,
@@ -46,18 +46,30 @@ from .egress_http import (
     proxy_token_matches,
     upstream_request,
 )
-from .egress_links import LinkCollector, target_of
-from .egress_policy import EgressPolicy, IPAddress, Target, parse_authority, parse_url_target
-from .metrics import REGISTRY
+from .links import LinkCollector, target_of
+from .policy import EgressPolicy, IPAddress, Target, parse_authority, parse_url_target
 
 log = structlog.get_logger(__name__)
 
-EGRESS_DENIED = Counter(
-    "sandbox_dependency_egress_denied_total",
-    "Connections of the dependency installer refused by its egress proxy, by reason.",
-    ["reason"],
-    registry=REGISTRY,
+# Every reason a connection is refused for (the metric's label values, all shown from the
+# start so that an alert on their rate has a series to read).
+DENIAL_REASONS = (
+    "host_not_allowed",
+    "address_loopback",
+    "address_private",
+    "address_link_local",
+    "address_never",
+    "forbidden_port",
+    "bad_target",
+    "bad_request",
+    "method",
+    "auth",
+    "capacity",
+    "head_too_large",
+    "head_timeout",
 )
+for _reason in DENIAL_REASONS:
+    EGRESS_DENIED.labels(reason=_reason)
 
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
