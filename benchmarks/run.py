@@ -603,7 +603,7 @@ def measure_dependency_sync(scale: float) -> dict[str, Any]:
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
-    return dict(asyncio.run(dependency_sync.main(max(2, round(6 * scale)))))
+    return dict(asyncio.run(dependency_sync.main(max(3, round(9 * scale)))))
 
 
 def print_dependency_sync(deps: dict[str, Any]) -> None:
