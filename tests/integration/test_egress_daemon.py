@@ -1,8 +1,10 @@
 """The installer's egress through the real daemon (`sandbox-executor serve`): POST
 /internal/session-config/sync with DEPENDENCY_ALLOW_SDIST=true and a hostile sdist whose
 build step aims at a second loopback listener, the daemon's own port and a second index
-host that is not on the list; then an execution imports what was installed. As root and as
-an unprivileged daemon. Every address involved is a loopback address."""
+host that is not on the list; then an execution imports what was installed. At the bwrap
+level as root and as an unprivileged daemon, and at the landlock level (forced with
+SANDBOX_ISOLATION=landlock) as an unprivileged daemon, as the control plane's Docker
+containers run it. Every address involved is a loopback address."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.hostile_build import assert_nothing_got_out, hostile_build
+from tests.support.hostile_build import assert_nothing_got_out, hostile_build, require_level
 from tests.support.listeners import RecordingListener
 from tests.support.local_index import LocalIndex, sdist_bytes
 from tests.support.server import start_server, stop_server
@@ -27,9 +29,10 @@ UNPRIVILEGED = (4242, 4242)
 
 
 def _modes() -> list[Any]:
-    modes: list[Any] = [pytest.param(None, id="root-daemon")]
+    modes: list[Any] = [pytest.param("bwrap", None, id="bwrap-root-daemon")]
     if os.geteuid() == 0 and shutil.which("setpriv"):
-        modes.append(pytest.param(UNPRIVILEGED, id="unprivileged-daemon"))
+        modes.append(pytest.param("bwrap", UNPRIVILEGED, id="bwrap-unprivileged-daemon"))
+        modes.append(pytest.param("landlock", UNPRIVILEGED, id="landlock-unprivileged-daemon"))
     return modes
 
 
@@ -38,10 +41,11 @@ def denied_total(metrics: str, reason: str) -> float:
     return sum(float(line[len(prefix) :]) for line in metrics.splitlines() if line.startswith(prefix))
 
 
-@pytest.mark.parametrize("run_as", _modes())
+@pytest.mark.parametrize(("level", "run_as"), _modes())
 def test_a_hostile_build_reaches_nothing_while_a_wheel_installs_and_imports(
-    run_as: tuple[int, int] | None,
+    level: str, run_as: tuple[int, int] | None
 ) -> None:
+    require_level(level)
     tag = "build-" + secrets.token_hex(6)
     with (
         LocalIndex() as index,
@@ -49,7 +53,7 @@ def test_a_hostile_build_reaches_nothing_while_a_wheel_installs_and_imports(
         RecordingListener() as listener,
     ):
         base = Path(tempfile.mkdtemp(prefix="egress-daemon-"))
-        env = {"DEPENDENCY_ALLOW_SDIST": "true", "WARM_POOL_SIZE": "0"}
+        env = {"DEPENDENCY_ALLOW_SDIST": "true", "WARM_POOL_SIZE": "0", "SANDBOX_ISOLATION": level}
         server = start_server(env, base_dir=base, run_as=run_as)
         try:
             others = [
@@ -93,7 +97,7 @@ def test_a_hostile_build_reaches_nothing_while_a_wheel_installs_and_imports(
         assert (listener.count(), second_index.request_count()) == (0, 0)
     alpha_value, findings = run.json()["return_value"]
     assert alpha_value == 1  # from the index, not from the second index
-    assert_nothing_got_out(findings, unix_socket=True)
+    assert_nothing_got_out(findings, unix_socket=level != "landlock")
     # The daemon's own port: no request of the build reached it (uvicorn logs every request).
     assert tag not in log
     # Denials are logged with host and port only, and counted in /metrics.

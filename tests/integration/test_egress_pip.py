@@ -1,12 +1,14 @@
-"""The installer behind the egress proxy, end to end: real pip in a real bwrap sandbox with
-no network of its own, the relay, the proxy, a PEP 503 index on 127.0.0.1, and listeners
-that record whether anything reached them. Only loopback addresses are ever dialled."""
+"""The installer behind the egress proxy, end to end at each isolation level this host can
+give: real pip (in bwrap with no network of its own and the relay, or confined by Landlock
+and seccomp to the proxy's loopback port), the per-install proxy, a PEP 503 index on
+127.0.0.1, and listeners that record whether anything reached them. Only loopback addresses
+are ever dialled."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,35 +23,44 @@ from sandbox_executor.engine import Engine
 from sandbox_executor.errors import InstallFailed
 from sandbox_executor.metrics import REGISTRY
 from sandbox_executor.models import ExecuteRequest
-from tests.support.hostile_build import assert_nothing_got_out, hostile_build
+from tests.conftest import make_workspace
+from tests.support.hostile_build import assert_nothing_got_out, hostile_build, require_level
 from tests.support.listeners import RecordingListener
 from tests.support.local_index import LocalIndex, sdist_bytes
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+
+@pytest.fixture(params=["bwrap", "bwrap-compat", "landlock"])
+def level(request: pytest.FixtureRequest) -> str:
+    return require_level(str(request.param))
 
 
 @pytest.fixture
 def base() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="egress-it-"))
-    path.chmod(0o755)
-    (path / "ws").mkdir()
-    (path / "results").mkdir()
-    if os.geteuid() == 0:
-        os.chown(path / "ws", 65534, 65534)
+    path = make_workspace("egress-it-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def pip_runtime_root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="egress-pip-"))
+def state() -> Iterator[Path]:
+    # Not pytest's tmp_path: the sandbox uid must traverse it.
+    path = Path(tempfile.mkdtemp(prefix="egress-state-"))
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
-def manager_for(settings: Settings, runtime_root: Path) -> DependencyManager:
-    return DependencyManager(settings, pip=PipRunner(settings, runtime_root=runtime_root))
+@pytest.fixture
+def udp_sink() -> Iterator[socket.socket]:
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.setblocking(False)
+    yield sink
+    sink.close()
+
+
+def manager_for(settings: Settings) -> DependencyManager:
+    return DependencyManager(settings, pip=PipRunner(settings, runtime_root=None))
 
 
 def denied(reason: str) -> float:
@@ -57,11 +68,14 @@ def denied(reason: str) -> float:
     return value or 0.0
 
 
-def settings_for(base: Path, **overrides: Any) -> Settings:
+def settings_for(level: str, base: Path, state: Path, **overrides: Any) -> Settings:
+    name = secrets.token_hex(4)
     return Settings(
-        workspace_path=str(base / "ws"),
-        sandbox_venv_path=base / "venv",
-        results_dir=base / "results",
+        sandbox_isolation=level,  # type: ignore[arg-type]
+        workspace_path=str(base),
+        sandbox_venv_path=state / name / "venv",
+        results_dir=state / name / "results",
+        warm_pool_size=0,
         dependency_install_timeout_seconds=120,
         **overrides,
     )
@@ -76,7 +90,7 @@ async def run_python(settings: Settings, code: str) -> Any:
 
 
 async def test_a_hostile_build_reaches_nothing_but_the_index_and_wheels_still_install(
-    base: Path, pip_runtime_root: Path
+    level: str, base: Path, state: Path, udp_sink: socket.socket
 ) -> None:
     with (
         LocalIndex() as index,
@@ -86,9 +100,10 @@ async def test_a_hostile_build_reaches_nothing_but_the_index_and_wheels_still_in
     ):
         second_index.add_wheel("alpha", "9.9", {"alpha.py": "VALUE = 'wrong index'\n"})
         others = [("127.0.0.1", other.port), ("127.0.0.1", executor.port), ("127.0.0.2", second_index.port)]
+        build = hostile_build(index.url, others, udp_port=udp_sink.getsockname()[1])
         index.add_wheel("alpha", "1.0", {"alpha.py": "VALUE = 1\n"})
         index.add_wheel("buildhelper", "1.0", {"buildhelper.py": "VALUE = 'helper'\n"})
-        index.add(*sdist_bytes("evil-pkg", "1.0", "evil_pkg", hostile_build(index.url, others)))
+        index.add(*sdist_bytes("evil-pkg", "1.0", "evil_pkg", build))
         index.add(
             *sdist_bytes(
                 "needs-helper",
@@ -98,8 +113,8 @@ async def test_a_hostile_build_reaches_nothing_but_the_index_and_wheels_still_in
                 build_requires=["buildhelper"],
             )
         )
-        settings = settings_for(base, dependency_allow_sdist=True, executor_port=executor.port)
-        manager = manager_for(settings, pip_runtime_root)
+        settings = settings_for(level, base, state, dependency_allow_sdist=True, executor_port=executor.port)
+        manager = manager_for(settings)
         before = {reason: denied(reason) for reason in ("host_not_allowed", "bad_target", "method")}
         try:
             body = await manager.sync(
@@ -119,22 +134,31 @@ async def test_a_hostile_build_reaches_nothing_but_the_index_and_wheels_still_in
         alpha_value, findings, helper = await run_python(settings, code)
         # Nothing the build step tried arrived anywhere.
         assert (other.count(), executor.count(), second_index.request_count()) == (0, 0, 0)
+    with pytest.raises(BlockingIOError):
+        udp_sink.recv(64)
     assert alpha_value == 1
     # pip's isolated build environment got the proxy too: its nested pip fetched the
     # build requirement from the index.
     assert helper == {"helper": "helper"}
-    assert_nothing_got_out(findings, unix_socket=True)
+    assert_nothing_got_out(findings, unix_socket=level != "landlock")
+    if level == "landlock":
+        # Without a network namespace every direct way out is refused by the kernel:
+        # Landlock (TCP connect to the proxy's port only), seccomp (Fast Open, UDP).
+        assert set(findings["direct"].values()) == {"PermissionError"}, findings["direct"]
+        assert set(findings["fastopen"].values()) == {"PermissionError"}, findings["fastopen"]
+        assert findings["udp"] == "PermissionError"
     # Each kind of refusal was counted in /metrics' counter.
     assert all(denied(reason) > count for reason, count in before.items()), before
 
 
-async def test_by_default_the_sdist_is_refused_and_named(base: Path, pip_runtime_root: Path) -> None:
+@pytest.mark.parametrize("level", ["bwrap", "landlock"], indirect=True)
+async def test_by_default_the_sdist_is_refused_and_named(level: str, base: Path, state: Path) -> None:
     with LocalIndex() as index, RecordingListener() as other:
         index.add_wheel("alpha", "1.0", {"alpha.py": "VALUE = 1\n"}, requires=["evil-pkg"])
         index.add(
             *sdist_bytes("evil-pkg", "1.0", "evil_pkg", hostile_build(index.url, [("127.0.0.1", other.port)]))
         )
-        manager = manager_for(settings_for(base), pip_runtime_root)
+        manager = manager_for(settings_for(level, base, state))
         try:
             with pytest.raises(InstallFailed) as direct:
                 await manager.sync(SyncRequest(python_package_index_url=index.url, dependencies=["evil-pkg"]))

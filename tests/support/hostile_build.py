@@ -3,7 +3,9 @@
 It runs while pip builds the sdist and records each attempt in ``FINDINGS`` (which ends up
 in the module the build produces, so a later execution can read it):
 
-- ``direct``: plain TCP to each target (a tagged HTTP request if it connects);
+- ``direct``: plain TCP to each target (a tagged HTTP request if it connects), and the same
+  as TCP Fast Open (``sendto`` with ``MSG_FASTOPEN``: connects without ``connect()``);
+- ``udp``: a datagram to a UDP port (the caller's sink records whether it arrived);
 - ``proxy``: request lines sent to the proxy pip was given (``http_proxy`` in the build's
   environment, with its password when it has one: the build holds what pip holds);
 - ``unix``: the same lines to the proxy's unix socket, where pip's sandbox has one;
@@ -16,6 +18,12 @@ Every target is a loopback address: nothing here ever leaves the machine.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import pytest
+
+from sandbox_executor.bootstrap.confine import landlock_abi
+from sandbox_executor.config import Settings
+from sandbox_executor.isolation_probes import detect
 
 _BUILD = """
 import base64, os, socket, urllib.parse, urllib.request
@@ -37,6 +45,23 @@ def direct(host, port):
         return type(exc).__name__
     finally:
         sock.close()
+
+def fastopen(host, port):
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.sendto(("GET /?" + TAG + " HTTP/1.0\\r\\n\\r\\n").encode(), 0x20000000, (host, port))
+        return "connected"
+    except OSError as exc:
+        return type(exc).__name__
+    finally:
+        sock.close()
+
+def udp(port):
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(TAG.encode(), ("127.0.0.1", port))
+        return "sent"
+    except OSError as exc:
+        return type(exc).__name__
 
 def via_proxy():
     return socket.create_connection((PROXY.hostname, PROXY.port), timeout=5)
@@ -76,6 +101,8 @@ def fetch(url):
         return type(exc).__name__
 
 FINDINGS["direct"] = {h + ":" + str(p): direct(h, p) for h, p in TARGETS}
+FINDINGS["fastopen"] = {h + ":" + str(p): fastopen(h, p) for h, p in TARGETS}
+FINDINGS["udp"] = udp(UDP_PORT) if UDP_PORT else "not tried"
 FINDINGS["proxy"] = {line: status(via_proxy, line) for line in LINES}
 FINDINGS["unix"] = {line: status(via_unix, line) for line in LINES}
 FINDINGS["urllib"] = {url: fetch(url) for url in URLS}
@@ -83,9 +110,23 @@ FINDINGS["control"] = status(via_proxy, "GET " + INDEX_URL + "/ HTTP/1.1")
 """
 
 
-def hostile_build(index_url: str, others: Sequence[tuple[str, int]], tag: str = "hostile-build") -> str:
+def require_level(level: str) -> str:
+    """``level`` if this host gives it when pinned (and, for landlock, Landlock's TCP rules:
+    ABI >= 4, Linux 6.7); else the calling test is skipped."""
+    decision, _ = detect(Settings(sandbox_isolation=level))  # type: ignore[arg-type]
+    if decision.level is None:
+        pytest.skip(f"{level} is not available on this host: {decision.refusal}")
+    if level == "landlock" and landlock_abi() < 4:
+        pytest.skip("the installer's TCP rules need Landlock ABI >= 4 (Linux 6.7)")
+    return level
+
+
+def hostile_build(
+    index_url: str, others: Sequence[tuple[str, int]], tag: str = "hostile-build", udp_port: int = 0
+) -> str:
     """Build code (for ``sdist_bytes``) aiming at ``others`` (loopback ``(host, port)``
-    pairs, the first one also under other spellings) and at the index itself."""
+    pairs, the first one also under other spellings), at the index itself and, when given,
+    at a loopback UDP port."""
     index_host_port = index_url.split("://", 1)[1].split("/", 1)[0]
     index_port = int(index_host_port.rsplit(":", 1)[1])
     targets = [("127.0.0.1", index_port), *others, ("::1", others[0][1])]
@@ -103,7 +144,14 @@ def hostile_build(index_url: str, others: Sequence[tuple[str, int]], tag: str = 
         f"CONNECT {index_host_port} HTTP/1.1",  # the plain-HTTP index as a tunnel
         f"POST {index_url}/ HTTP/1.1",
     ]
-    values = {"TAG": tag, "TARGETS": targets, "LINES": lines, "URLS": urls, "INDEX_URL": index_url}
+    values = {
+        "TAG": tag,
+        "TARGETS": targets,
+        "LINES": lines,
+        "URLS": urls,
+        "INDEX_URL": index_url,
+        "UDP_PORT": udp_port,
+    }
     return "".join(f"{name} = {value!r}\n" for name, value in values.items()) + _BUILD
 
 
@@ -116,8 +164,9 @@ def refused(answer: str) -> bool:
 
 def assert_nothing_got_out(findings: dict[str, dict[str, str] | str], *, unix_socket: bool) -> None:
     """What the build saw: no direct connection, every proxied attempt refused, the index reachable."""
-    direct = findings["direct"]
-    assert isinstance(direct, dict) and "connected" not in direct.values(), direct
+    for kind in ("direct", "fastopen"):
+        attempts = findings[kind]
+        assert isinstance(attempts, dict) and "connected" not in attempts.values(), (kind, attempts)
     for channel in ("proxy", "unix", "urllib"):
         answers = findings[channel]
         assert isinstance(answers, dict)

@@ -140,6 +140,13 @@ class PipRunner:
         host's and is held to the proxy's port by Landlock, or by nothing at level none)."""
         return self.host.uses_bwrap
 
+    @property
+    def tcp_confined(self) -> bool:
+        """Code in pip's sandbox can reach nothing but the proxy: a network namespace, or
+        Landlock's TCP rules (ABI >= 4) at the landlock level."""
+        host = self.host
+        return self.namespaced or (host.level == "landlock" and host.facts.landlock_abi >= 4)
+
     def environment(self, home: str, tmpdir: str, route: Route) -> list[tuple[str, str]]:
         """pip's whole environment: nothing of the daemon's."""
         env = [
@@ -208,7 +215,6 @@ class PipRunner:
             workspace=str(job.scratch),
             env=self.environment("/workspace", "/workspace/tmp", route),
             extra_mounts=mounts,
-            network=False,
             hostname="pip",
         )
         if route.relay:
@@ -297,6 +303,13 @@ class PipRunner:
         await asyncio.to_thread(self.locate_pip)
         if not self.namespaced and self.host.level != "none":
             await asyncio.to_thread(self.landlock_program)
+        if self.settings.dependency_allow_sdist and not self.tcp_confined:
+            log.warning(
+                "dependency_builds_unconfined",
+                level=self.host.level,
+                detail="source builds share the host's network here: only what follows the "
+                "proxy settings is held to the index (DEPENDENCY_ALLOW_SDIST=false closes it)",
+            )
         async with self.egress(job) as (proxy, route):
             outcome = await self._run_pip(job, route, stop)
             denied = tuple(proxy.denied)

@@ -1,7 +1,7 @@
 """Who the dependency installer may talk to: host parsing, address classes, the decision.
 
 Pure functions and one small mutable class (the hosts learned during one install); the
-proxy (``egress_proxy.py``) does the I/O. A request is admitted in two steps:
+proxy (``proxy.py``) does the I/O. A request is admitted in two steps:
 
 1. by name (:meth:`EgressPolicy.admit`): the canonical (scheme, host, port) must be the
    index, a host the operator listed (``DEPENDENCY_ALLOWED_HOSTS``), a built-in file host

@@ -7,7 +7,7 @@ install. pip reaches it through ``--proxy``: over a unix socket bound into pip's
 network namespace of its own, on loopback TCP with a per-install password.
 
 - ``CONNECT host:port`` (HTTPS): admitted by name, resolved here, every address checked,
-  then a blind tunnel. The proxy cannot read HTTPS pages; see ``egress_policy`` for how
+  then a blind tunnel. The proxy cannot read HTTPS pages; see ``policy.py`` for how
   the file hosts of an HTTPS index are known.
 - ``GET``/``HEAD http://...`` (plain HTTP): admitted the same way and relayed as one
   HTTP/1.0 exchange per connection; pages of the index are read on the way through and the
