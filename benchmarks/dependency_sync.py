@@ -33,6 +33,8 @@ from sandbox_executor.config import Settings
 from sandbox_executor.dependencies import DependencyManager, SyncRequest
 from sandbox_executor.dependencies.egress.route import Route
 from sandbox_executor.dependencies.pip_sandbox import PipJob, PipRunner
+from sandbox_executor.host import HostProfile
+from sandbox_executor.spawner import Spawner
 from tests.support.local_index import LocalIndex
 
 
@@ -57,6 +59,22 @@ class HostNetworkPipRunner(PipRunner):
 
 class _NoProxy:
     denied: tuple[Any, ...] = ()
+
+
+class Shared:
+    """What a daemon has once and every sync reuses: the host profile and pip's spawner."""
+
+    def __init__(self) -> None:
+        settings = Settings()
+        self.host = HostProfile.probe(settings)
+        self.spawner = Spawner(settings.python_binary)
+
+    def manager(
+        self, settings: Settings, runtime_root: Path | None = None, runner: type[PipRunner] = PipRunner
+    ) -> DependencyManager:
+        root = runtime_root or Path(str(settings.sandbox_venv_path) + ".d")
+        pip = runner(settings, runtime_root=root, host=self.host, spawner=self.spawner)
+        return DependencyManager(settings, pip=pip, host=self.host)
 
 
 def new_base() -> Path:
@@ -98,7 +116,7 @@ def summary(samples: list[float]) -> dict[str, float]:
     }
 
 
-async def syncs(index: LocalIndex, repeat: int) -> dict[str, list[float]]:
+async def syncs(index: LocalIndex, repeat: int, shared: Shared) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {
         "first_sync_fresh_store_one_wheel": [],  # includes compiling pip's copy once
         "install_one_wheel_cold_pip_cache": [],
@@ -112,17 +130,17 @@ async def syncs(index: LocalIndex, repeat: int) -> dict[str, list[float]]:
 
     for _ in range(max(1, repeat // 3)):
         base = new_base()
-        manager = DependencyManager(settings_for(base))
+        manager = shared.manager(settings_for(base))
         results["first_sync_fresh_store_one_wheel"].append(
             await timed(lambda m=manager: m.sync(request(["alpha"])))
         )
         shutil.rmtree(base)
 
     base = new_base()
-    await DependencyManager(settings_for(base)).sync(request(["alpha"]))  # warm-up
+    await shared.manager(settings_for(base)).sync(request(["alpha"]))  # warm-up
     for i in range(repeat):
         cache = new_cache()
-        manager = DependencyManager(settings_for(base, cache))
+        manager = shared.manager(settings_for(base, cache))
         deps = ["gamma"] if i % 2 == 0 else ["alpha"]
         results["install_one_wheel_cold_pip_cache"].append(
             await timed(lambda m=manager, d=deps: m.sync(request(d)))
@@ -141,36 +159,36 @@ async def syncs(index: LocalIndex, repeat: int) -> dict[str, list[float]]:
     return results
 
 
-async def one_install(index: LocalIndex, proxied: bool, runtime_root: Path, warm_cache: Path | None) -> float:
+async def one_install(
+    index: LocalIndex, proxied: bool, runtime_root: Path, warm_cache: Path | None, shared: Shared
+) -> float:
     base = new_base()
     cache = warm_cache or new_cache()
     settings = settings_for(base, cache)
-    runner_class = PipRunner if proxied else HostNetworkPipRunner
-    manager = DependencyManager(settings, pip=runner_class(settings, runtime_root=runtime_root))
+    manager = shared.manager(settings, runtime_root, PipRunner if proxied else HostNetworkPipRunner)
     try:
         return await timed(
             lambda: manager.sync(SyncRequest(python_package_index_url=index.url, dependencies=["alpha"]))
         )
     finally:
-        await manager.aclose()
         shutil.rmtree(base)
         if warm_cache is None:
             shutil.rmtree(cache)
 
 
-async def proxy_cost(index: LocalIndex, repeat: int) -> dict[str, list[float]]:
+async def proxy_cost(index: LocalIndex, repeat: int, shared: Shared) -> dict[str, list[float]]:
     """One-wheel installs with and without the proxy, interleaved (cold and warm pip cache)."""
     runtime_root = new_base()
     warm = new_cache()
     samples: dict[str, list[float]] = {}
     try:
         for proxied in (True, False):  # warm-up: pip's compiled copy, the warm cache, page cache
-            await one_install(index, proxied, runtime_root, warm)
+            await one_install(index, proxied, runtime_root, warm, shared)
         for _ in range(repeat):
             for proxied in (True, False):
                 for kind, cache in (("cold", None), ("warm", warm)):
                     path = "proxy" if proxied else "host_network"
-                    ms = await one_install(index, proxied, runtime_root, cache)
+                    ms = await one_install(index, proxied, runtime_root, cache, shared)
                     samples.setdefault(f"one_wheel_{path}_{kind}_pip_cache", []).append(ms)
     finally:
         shutil.rmtree(runtime_root)
@@ -182,8 +200,12 @@ async def main(repeat: int) -> dict[str, Any]:
     with LocalIndex() as index:
         index.add_wheel("alpha", "1.0", {"alpha.py": "VALUE = 1\n"})
         index.add_wheel("gamma", "1.0", {"gamma.py": "VALUE = 2\n"})
-        samples = await syncs(index, repeat)
-        samples.update(await proxy_cost(index, repeat))
+        shared = Shared()
+        try:
+            samples = await syncs(index, repeat, shared)
+            samples.update(await proxy_cost(index, repeat, shared))
+        finally:
+            await shared.spawner.aclose()
     report: dict[str, Any] = {name: summary(values) for name, values in samples.items()}
     report["proxy_cost_ms"] = {
         kind: round(
