@@ -181,3 +181,61 @@ async def test_by_default_the_sdist_is_refused_and_named(level: str, base: Path,
         assert "No matching distribution found for evil-pkg" in str(error.detail)
     assert "(required by alpha)" in transitive.value.description
     assert "DEPENDENCY_ALLOW_SDIST" not in unknown.value.description
+
+
+FETCH = """
+import urllib.request
+def fetch(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError as exc:
+        return type(exc).__name__
+FINDINGS["listed"] = fetch(LISTED)
+FINDINGS["unlisted"] = fetch(UNLISTED)
+"""
+
+
+async def test_linked_file_hosts_are_learned_and_listed_hosts_admitted(base: Path, state: Path) -> None:
+    """The index's pages send pip to a second host for the files (learned as relayed);
+    DEPENDENCY_ALLOWED_HOSTS admits a host nothing links to; anything else stays refused."""
+    level = require_level("bwrap")
+    with (
+        LocalIndex(host="127.0.0.2") as files,
+        LocalIndex(host="127.0.0.3") as listed,
+        RecordingListener("127.0.0.4") as unlisted,
+    ):
+        with LocalIndex(link_base=f"http://127.0.0.2:{files.port}") as index:
+            for server in (index, files):  # listed by the index, served by the file host
+                server.add_wheel("alpha", "1.0", {"alpha.py": "VALUE = 1\n"})
+            listed.add("probe", b"ok")
+            urls = {
+                "LISTED": f"http://127.0.0.3:{listed.port}/files/probe",
+                "UNLISTED": f"http://127.0.0.4:{unlisted.port}/",
+            }
+            build = "".join(f"{name} = {url!r}\n" for name, url in urls.items()) + FETCH
+            for server in (index, files):
+                server.add(*sdist_bytes("fetcher", "1.0", "fetcher", build))
+            settings = settings_for(
+                level,
+                base,
+                state,
+                dependency_allow_sdist=True,
+                dependency_allowed_hosts=(f"127.0.0.3:{listed.port}",),
+            )
+            manager = manager_for(settings)
+            try:
+                await manager.sync(
+                    SyncRequest(python_package_index_url=index.url, dependencies=["alpha", "fetcher"])
+                )
+            finally:
+                await manager.aclose()
+            findings = await run_python(
+                settings, "import fetcher\ndef handler(event):\n    return fetcher.FINDINGS\n"
+            )
+        assert any(path.startswith("/files/alpha-1.0") for path in files.requests), files.requests
+        assert not any(path.startswith("/files/alpha-1.0") for path in index.requests)
+        assert unlisted.count() == 0
+    assert findings == {"listed": 200, "unlisted": 403}
