@@ -18,7 +18,9 @@ Measures, in one run on this machine (it must run as root, like the daemon in te
 * live output (``benchmarks/live_output.py``): a warm hello over ``?stream=true`` vs
   ``?wait=true``, the delay from a program's write to an SSE client, and slow clients;
 * the python hello world cold and warm at each isolation level this host can give
-  (``SANDBOX_ISOLATION`` = bwrap, bwrap-compat, landlock), and the kernel's Landlock ABI.
+  (``SANDBOX_ISOLATION`` = bwrap, bwrap-compat, landlock), and the kernel's Landlock ABI;
+* dependency syncs (``dependency_sync.py``): one-wheel installs, a merge, a no-op re-sync,
+  and what the installer's egress proxy costs a one-wheel install.
 
 It prints medians, p95 and the ratios to the bare runs, checks the latency and footprint targets, and
 writes the same figures to ``benchmarks/results/latest.json``. About two minutes.
@@ -46,7 +48,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 import httpx  # noqa: E402
 
-from benchmarks import live_output  # noqa: E402
+from benchmarks import dependency_sync, live_output  # noqa: E402
 from sandbox_executor.bwrap import SandboxSpec, build_bwrap_argv  # noqa: E402
 from sandbox_executor.host import host_system_mounts  # noqa: E402
 from sandbox_executor.runtimes import base_environment  # noqa: E402
@@ -593,6 +595,26 @@ def print_report(report: dict[str, Any], meta: dict[str, Any]) -> None:
         print(f"  [{'met' if t['met'] else 'MISSED'}] {name}: {t['value']} ({t['limit']})")
 
 
+# ---------------------------------------------------------------------- dependency sync
+def measure_dependency_sync(scale: float) -> dict[str, Any]:
+    """benchmarks/dependency_sync.py: installs, merges, no-op re-syncs, the proxy's cost."""
+    import asyncio
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    return dict(asyncio.run(dependency_sync.main(max(3, round(9 * scale)))))
+
+
+def print_dependency_sync(deps: dict[str, Any]) -> None:
+    print("\nDependency sync (whole DependencyManager.sync, loopback index, real pip in bwrap; ms)")
+    for name, s in deps.items():
+        if name != "proxy_cost_ms":
+            print(f"  {name:<40} median {s['median_ms']:8.2f}  min {s['min_ms']:8.2f}  (n={s['n']})")
+    cost = deps["proxy_cost_ms"]
+    print(f"  the egress proxy's cost, one-wheel install: cold {cost['cold']:+.1f}, warm {cost['warm']:+.1f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a third of the samples (a smoke run)")
@@ -624,7 +646,9 @@ def main() -> int:
         levels = measure_levels(cp, scale)
     finally:
         cp.close()
-    report = build_report(bare, ex, live) | {"levels": levels}
+    print("dependency sync: one-wheel installs through the egress proxy and without it ...", flush=True)
+    deps = measure_dependency_sync(scale)
+    report = build_report(bare, ex, live) | {"levels": levels, "dependency_sync": deps}
     commit = subprocess.run(
         ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True
     ).stdout.strip()
@@ -645,6 +669,7 @@ def main() -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     print_report(report, meta)
+    print_dependency_sync(deps)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, **report}, indent=2) + "\n")
     print(f"\nwritten: {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}")

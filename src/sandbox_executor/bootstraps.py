@@ -60,9 +60,16 @@ def python_program(python_binary: str) -> bytes:
     """The python bootstrap as an unchecked hash-based .pyc for ``python_binary`` when
     that is this interpreter, else its source."""
     source = (BOOTSTRAP_DIR / "python_bootstrap.py").read_bytes()
+    return compiled_python(source, python_binary, PYTHON_CODE_NAME)
+
+
+def compiled_python(source: bytes, python_binary: str, code_name: str) -> bytes:
+    """``source`` as an unchecked hash-based .pyc for ``python_binary`` when that is this
+    interpreter (same bytecode format), else ``source`` itself; ``code_name`` becomes its
+    frames' file name. The interpreter runs either from a file of any name."""
     if os.path.realpath(python_binary) != os.path.realpath(sys.executable):
         return source
-    code = compile(source, PYTHON_CODE_NAME, "exec", dont_inherit=True)
+    code = compile(source, code_name, "exec", dont_inherit=True)
     # PEP 552 header: magic, flags (hash-based, not checked against any source), hash.
     header = importlib.util.MAGIC_NUMBER + (1).to_bytes(4, "little") + importlib.util.source_hash(source)
     return header + marshal.dumps(code)

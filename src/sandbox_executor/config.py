@@ -16,8 +16,6 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .egress_policy import parse_allowed_hosts
-
 MIB = 1024 * 1024
 
 
@@ -238,6 +236,9 @@ class Settings(BaseSettings):
         if not isinstance(entries, list | tuple):
             raise ValueError("expected a comma-separated list of hosts")
         hosts = tuple(str(entry).strip() for entry in entries if str(entry).strip())
+        # Imported here: the dependencies package imports this module.
+        from .dependencies.egress.policy import parse_allowed_hosts
+
         parse_allowed_hosts(hosts)  # refuse a bad entry at start-up, naming it
         return hosts
 

@@ -95,8 +95,9 @@ class HostProfile:
     def seccomp_active(self) -> bool:
         return self.seccomp_program is not None
 
-    def etc_files(self, *, network: bool) -> dict[str, bytes]:
-        """The synthetic /etc of a sandbox: only its own accounts, never the host's."""
+    def etc_files(self) -> dict[str, bytes]:
+        """The synthetic /etc of a sandbox: only its own accounts, never the host's, and
+        no resolver (no sandbox has a network; pip's egress proxy resolves for it)."""
         uid, gid = self.sandbox_ids
         files = {
             "/etc/passwd": (
@@ -105,13 +106,9 @@ class HostProfile:
                 f"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
             ).encode(),
             "/etc/group": f"root:x:0:\nsandbox:x:{gid}:\nnogroup:x:65534:\n".encode(),
+            "/etc/hosts": b"127.0.0.1 localhost sandbox\n::1 localhost\n",
+            "/etc/nsswitch.conf": b"passwd: files\ngroup: files\nhosts: files\n",
         }
-        if network:
-            # pip resolves the index through the host's resolver files (bound read-only).
-            files["/etc/nsswitch.conf"] = b"passwd: files\ngroup: files\nhosts: files dns\n"
-        else:
-            files["/etc/hosts"] = b"127.0.0.1 localhost sandbox\n::1 localhost\n"
-            files["/etc/nsswitch.conf"] = b"passwd: files\ngroup: files\nhosts: files\n"
         return files
 
     def spec(
@@ -122,28 +119,20 @@ class HostProfile:
         env: Sequence[tuple[str, str]],
         extra_mounts: Sequence[Mount] = (),
         info_fd: int | None = None,
-        network: bool = False,
         hostname: str = "sandbox",
     ) -> SandboxSpec:
         """The sandbox of one start; opens the single-use descriptors it names (bwrap
         consumes them; the caller closes its copies once the process is spawned)."""
-        mounts = list(extra_mounts)
-        if network:
-            mounts += [
-                Mount("ro-bind-try", "/etc/resolv.conf", "/etc/resolv.conf"),
-                Mount("ro-bind-try", "/etc/hosts", "/etc/hosts"),
-            ]
-        files = self.etc_files(network=network)
+        files = self.etc_files()
         program = self.seccomp_program
         return SandboxSpec(
             command=command,
             workspace=workspace,
             bwrap_path=self.bwrap_path,
             system_mounts=self.system_mounts,
-            extra_mounts=mounts,
+            extra_mounts=extra_mounts,
             env=env,
             tmpfs_size_bytes=self.tmpfs_size_bytes,
-            network=network,
             disable_userns=self.disable_userns,
             # bwrap-compat: the container's /proc (masked) cannot be mounted afresh.
             proc=self.level == "bwrap",

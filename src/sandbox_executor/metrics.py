@@ -95,3 +95,12 @@ def record_pool(stats: PoolStats) -> None:
         POOL_SANDBOXES.labels(language).set(stats.languages.get(language, 0))
         POOL_READY.labels(language).set(stats.ready.get(language, 0))
     POOL_MEMORY.set(stats.memory_bytes)
+
+
+# The dependency installer's egress proxy (dependencies/egress/proxy.py).
+EGRESS_DENIED = Counter(
+    "sandbox_dependency_egress_denied_total",
+    "Connections of the dependency installer refused by its egress proxy, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)

@@ -143,7 +143,7 @@ def build_landlock_program(
     Without a network namespace, ``socket()``/``socketpair()`` are limited to AF_UNIX
     (and AF_INET/AF_INET6 when ``allow_inet``: Landlock then bounds TCP to the allowed
     ports, UDP stays open unless ``extra_rules`` closes it, as the dependency installer's
-    ``egress_seccomp.add_tcp_client_rules`` does): no AF_NETLINK, AF_PACKET, AF_VSOCK...
+    ``dependencies/egress/tcp_rules.py`` does): no AF_NETLINK, AF_PACKET, AF_VSOCK...
     ``extra_rules`` gets the filter before export. Without a pid namespace,
     ``kill(-1, sig)`` would signal every process of the uid, the daemon included: refused
     (Landlock ABI >= 6 also scopes signals; this holds on older kernels too). ``ptrace``

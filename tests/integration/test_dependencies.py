@@ -123,6 +123,17 @@ def manager(settings: Settings, pip_runtime_root: Path) -> DependencyManager:
     return new_manager(settings, pip_runtime_root)
 
 
+@pytest.fixture
+def sdist_settings(settings: Settings) -> Settings:
+    # Source builds are off by default (wheels only); these tests build sdists on purpose.
+    return settings.model_copy(update={"dependency_allow_sdist": True})
+
+
+@pytest.fixture
+def sdist_manager(sdist_settings: Settings, pip_runtime_root: Path) -> DependencyManager:
+    return new_manager(sdist_settings, pip_runtime_root)
+
+
 def req(index: LocalIndex, deps: list[str], mode: str = "replace") -> SyncRequest:
     return SyncRequest.model_validate(
         {
@@ -314,8 +325,8 @@ async def test_install_timeout_is_422_and_leaves_nothing_running(
 
 
 async def test_sdist_build_cannot_see_daemon_secrets_or_write_outside(
-    manager: DependencyManager,
-    settings: Settings,
+    sdist_manager: DependencyManager,
+    sdist_settings: Settings,
     index: LocalIndex,
     base: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -325,12 +336,12 @@ async def test_sdist_build_cannot_see_daemon_secrets_or_write_outside(
     name, data = sdist_bytes("evil-pkg", "1.0", "evil_probe", _evil_build_code(str(base)))
     index.add(name, data)
     try:
-        body = await manager.sync(req(index, ["evil-pkg"]))
+        body = await sdist_manager.sync(req(index, ["evil-pkg"]))
     finally:
         index.files.pop(name, None)
     assert versions(body) == {"evil-pkg": "1.0"}
     result = await run_python(
-        settings, "import evil_probe\ndef handler(event):\n    return evil_probe.FINDINGS\n"
+        sdist_settings, "import evil_probe\ndef handler(event):\n    return evil_probe.FINDINGS\n"
     )
     assert result.status == "success", result.stderr
     findings = result.return_value
@@ -341,7 +352,7 @@ async def test_sdist_build_cannot_see_daemon_secrets_or_write_outside(
     assert findings["secret_in_proc"] == []
     assert findings["secret_file"] in ("FileNotFoundError", "PermissionError")
     if os.geteuid() == 0:
-        assert findings["uid"] == settings.sandbox_uid
+        assert findings["uid"] == sdist_settings.sandbox_uid
     # Whatever the build believed, nothing reached the host outside its target.
     for host_path in (
         PWNED,
@@ -398,15 +409,15 @@ def _pip_processes(settings: Settings) -> list[bytes]:
 
 
 async def test_shutdown_kills_a_sync_past_its_grace_and_keeps_the_previous_set(
-    manager: DependencyManager, settings: Settings, index: LocalIndex
+    sdist_manager: DependencyManager, sdist_settings: Settings, index: LocalIndex
 ) -> None:
-    await manager.sync(req(index, ["alpha==1.0"]))
-    live = os.path.realpath(settings.sandbox_venv_path)
+    await sdist_manager.sync(req(index, ["alpha==1.0"]))
+    live = os.path.realpath(sdist_settings.sandbox_venv_path)
     tag = _add_held_package(index, "held-one")
-    syncing = asyncio.create_task(manager.sync(req(index, ["held-one"], "merge")))
+    syncing = asyncio.create_task(sdist_manager.sync(req(index, ["held-one"], "merge")))
     await _until(lambda: index.started(tag), "the held build")
     started = time.monotonic()
-    await manager.shutdown(grace=0.2)
+    await sdist_manager.shutdown(grace=0.2)
     stopped_after = time.monotonic() - started
     assert syncing.done(), "shutdown returned while the sync still ran"
     with pytest.raises(ShuttingDown) as info:
@@ -414,40 +425,40 @@ async def test_shutdown_kills_a_sync_past_its_grace_and_keeps_the_previous_set(
     assert info.value.error_code == "Executor.ShuttingDown" and info.value.retry_after
     assert 0.2 <= stopped_after < 0.2 + 1.0, stopped_after
     # The half-installed tree, its scratch directory and pip are gone; v1 is still live.
-    assert os.path.realpath(settings.sandbox_venv_path) == live
-    store_root = Path(str(settings.sandbox_venv_path) + ".d")
+    assert os.path.realpath(sdist_settings.sandbox_venv_path) == live
+    store_root = Path(str(sdist_settings.sandbox_venv_path) + ".d")
     assert sorted(p.name for p in store_root.iterdir() if p.name.startswith(("v", "scratch"))) == [
         "v1",
         "v1.json",
     ]
-    assert _pip_processes(settings) == []
+    assert _pip_processes(sdist_settings) == []
     # Later syncs are refused at once, without touching the index.
     seen = index.request_count()
     with pytest.raises(ShuttingDown):
-        await manager.sync(req(index, ["gamma"], "merge"))
+        await sdist_manager.sync(req(index, ["gamma"], "merge"))
     assert index.request_count() == seen
-    result = await run_python(settings, "import alpha\ndef handler(event):\n    return alpha.VALUE\n")
+    result = await run_python(sdist_settings, "import alpha\ndef handler(event):\n    return alpha.VALUE\n")
     assert result.return_value == 1, result.stderr
 
 
 async def test_shutdown_lets_a_sync_finish_within_its_grace(
-    manager: DependencyManager, settings: Settings, index: LocalIndex
+    sdist_manager: DependencyManager, sdist_settings: Settings, index: LocalIndex
 ) -> None:
     tag = _add_held_package(index, "held-two")
-    syncing = asyncio.create_task(manager.sync(req(index, ["held-two"])))
+    syncing = asyncio.create_task(sdist_manager.sync(req(index, ["held-two"])))
     await _until(lambda: index.started(tag), "the held build")
-    stopping = asyncio.create_task(manager.shutdown(grace=60))
+    stopping = asyncio.create_task(sdist_manager.shutdown(grace=60))
     await asyncio.sleep(0)
     # Closing: a new sync is refused while the running one goes on.
     with pytest.raises(ShuttingDown):
-        await manager.sync(req(index, ["gamma"], "merge"))
+        await sdist_manager.sync(req(index, ["gamma"], "merge"))
     assert not syncing.done() and not stopping.done()
     index.release(tag)
     body = await syncing
     await asyncio.wait_for(stopping, 5)
     assert body["error"] == "" and versions(body) == {"held-two": "1.0"}
     result = await run_python(
-        settings, "import held_two\ndef handler(event):\n    return held_two.FINDINGS\n"
+        sdist_settings, "import held_two\ndef handler(event):\n    return held_two.FINDINGS\n"
     )
     assert result.return_value == {"released": True}, result.stderr
 

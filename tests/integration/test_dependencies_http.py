@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.local_index import LocalIndex
+from tests.support.local_index import LocalIndex, sdist_bytes
 from tests.support.server import RunningServer, start_server, stop_server
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
@@ -34,6 +34,8 @@ def index() -> Iterator[LocalIndex]:
     with LocalIndex() as idx:
         idx.add_wheel("alpha", "1.0", {"alpha.py": "VALUE = 1\n"})
         idx.add_wheel("beta", "1.0", {"beta.py": "import alpha\nVALUE = alpha.VALUE + 41\n"}, ["alpha"])
+        # Published as a source distribution only: its build would run code.
+        idx.add(*sdist_bytes("srconly", "1.0", "srconly", "FINDINGS['built'] = True\n"))
         yield idx
 
 
@@ -156,4 +158,20 @@ def test_failed_install_is_422_and_the_previous_set_stays(client: httpx.Client, 
     body = resp.json()
     assert set(body) == ERROR_KEYS
     assert "no-such-project" in body["error_detail"]
+    assert run(client, IMPORT_BETA)["return_value"] == 42
+
+
+def test_a_requirement_without_a_wheel_is_422_naming_it_and_the_setting(
+    client: httpx.Client, index: LocalIndex
+) -> None:
+    assert sync(client, index, ["beta"]).status_code == 200
+    resp = sync(client, index, ["srconly"], "merge")
+    assert resp.status_code == 422, resp.text
+    body = resp.json()
+    assert set(body) == ERROR_KEYS
+    assert body["error_code"] == "Executor.DependencyInstallFailed"
+    assert "srconly" in body["description"] and "DEPENDENCY_ALLOW_SDIST" in body["description"]
+    assert "srconly" in body["error_detail"] and "DEPENDENCY_ALLOW_SDIST" in body["solution"]
+    # Wheels only (the default): the sdist was never even downloaded, so none of its code ran.
+    assert not any(path.startswith("/files/srconly") for path in index.requests)
     assert run(client, IMPORT_BETA)["return_value"] == 42

@@ -91,7 +91,12 @@ def test_a_signal_during_a_sync_answers_503_and_keeps_the_previous_set(
 ) -> None:
     tag = secrets.token_hex(6)
     index.add(*sdist_bytes("held", "1.0", "held", held_build_code(index.url, tag)))
-    env = {"WARM_POOL_SIZE": "0", "DEPENDENCY_INSTALL_TIMEOUT_SECONDS": "120"}
+    # The held install is an sdist: source builds are off by default.
+    env = {
+        "WARM_POOL_SIZE": "0",
+        "DEPENDENCY_INSTALL_TIMEOUT_SECONDS": "120",
+        "DEPENDENCY_ALLOW_SDIST": "true",
+    }
     server = start_server(env, base_dir=base, run_as=run_as)
     try:
         first = sync(server.url, index, ["alpha==1.0"], "replace")

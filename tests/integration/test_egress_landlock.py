@@ -1,31 +1,20 @@
-"""The landlock level (no namespaces): pip shares the host's network and is held to the
-egress proxy's loopback port by Landlock TCP rules plus the egress seccomp rules. Real
-Landlock, real seccomp, real pip; every address dialled is on loopback."""
+"""The kernel facts behind the landlock level's installer (no namespaces): a process held
+to one loopback port by Landlock TCP rules plus the egress seccomp rules, and what
+Landlock alone lets through. Real Landlock, real seccomp; every address dialled is on
+loopback. pip itself at that level, through the real pip sandbox: test_egress_pip.py."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import secrets
-import shutil
 import socket
 import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from sandbox_executor.config import Settings
-from sandbox_executor.dependencies.pip_sandbox import PipJob, PipRunner
-from sandbox_executor.egress_policy import policy_for
-from sandbox_executor.egress_proxy import EgressProxy
-from sandbox_executor.egress_wiring import loopback_proxy_url
-from sandbox_executor.pip_options import pip_extra_args
 from tests.support.landlock_net import landlock_abi, memfd_with, policy, program, wrapped
 from tests.support.listeners import RecordingListener
-from tests.support.local_index import LocalIndex, sdist_bytes
 
 ABI = landlock_abi()
 pytestmark = pytest.mark.skipif(ABI < 4, reason=f"Landlock TCP rules need ABI >= 4 (this kernel: {ABI})")
@@ -148,93 +137,3 @@ def test_landlock_alone_lets_fast_open_listen_and_udp_through(udp_sink: socket.s
     assert found["listen_unbound"] == "listening"
     assert found["udp"] == "sent" and udp_sink.recv(16) == b"x"
     assert found["sctp"] in ("ok", "OSError")  # no Landlock rule for it either way
-
-
-HOSTILE = r"""
-import socket
-def tcp(host, port, fastopen=False):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(3)
-    try:
-        if fastopen:
-            sock.settimeout(None)  # blocking: a timeout makes it answer EINPROGRESS
-            sock.sendto(b"GET / HTTP/1.0\r\n\r\n", 0x20000000, (host, port))
-        else:
-            sock.connect((host, port))
-        return "connected"
-    except OSError as exc:
-        return type(exc).__name__
-    finally:
-        sock.close()
-def udp(port):
-    try:
-        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("127.0.0.1", port))
-        return "sent"
-    except OSError as exc:
-        return type(exc).__name__
-FINDINGS["direct"] = {str(p): tcp("127.0.0.1", p) for p in PORTS}
-FINDINGS["fastopen"] = {str(p): tcp("127.0.0.1", p, True) for p in PORTS}
-FINDINGS["udp"] = udp(UDP)
-"""
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="egress-ll-"))
-    path.chmod(0o755)
-    for name in ("target", "cache", "scratch", "scratch/tmp"):
-        (path / name).mkdir()
-        if os.geteuid() == 0:
-            os.chown(path / name, 65534, 65534)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-async def test_pip_at_the_landlock_level_reaches_only_the_proxy(base: Path, udp_sink: socket.socket) -> None:
-    with LocalIndex() as index, RecordingListener() as other, RecordingListener() as executor:
-        ports = [index.port, other.port, executor.port]
-        build = f"PORTS = {ports!r}\nUDP = {udp_sink.getsockname()[1]}\n" + HOSTILE
-        index.add_wheel("alpha", "1.0", {"alpha.py": "VALUE = 1\n"})
-        index.add(*sdist_bytes("evil-pkg", "1.0", "evil_pkg", build))
-        settings = Settings(disable_bwrap=True, dependency_allow_sdist=True, executor_port=executor.port)
-        job = PipJob(["alpha", "evil-pkg"], index.url, base / "target", base / "scratch", base / "cache")
-        argv, _, env, cwd = PipRunner(settings).command(job)
-        token = secrets.token_hex(16)
-        async with EgressProxy(
-            policy_for(index.url, forbidden_internal_ports=[executor.port]), token=token
-        ) as px:
-            await px.pin_index()
-            port = await px.start_tcp()
-            extra = pip_extra_args(allow_sdist=True, proxy_url=loopback_proxy_url(port, token))
-            at = argv.index("--")
-            argv[at:at] = extra
-            # pip's package directory is argv[2]; it imports from that directory's parent.
-            spec = policy(
-                port,
-                read_only=[os.path.dirname(argv[2])],
-                read_write=[str(base / name) for name in ("target", "cache", "scratch")],
-            )
-            done = await asyncio.to_thread(run_confined, spec, argv, env=env, cwd=cwd, timeout=120)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        assert (other.count(), executor.count()) == (0, 0)
-    check = subprocess.run(
-        [
-            PYTHON,
-            "-I",
-            "-c",
-            "import sys, json; sys.path.insert(0, sys.argv[1]); import alpha, evil_pkg;"
-            " print(json.dumps([alpha.VALUE, evil_pkg.FINDINGS]))",
-            str(base / "target"),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    value, findings = json.loads(check.stdout)
-    assert value == 1
-    # Even the index is out of direct reach: only the proxy's port is.
-    assert set(findings["direct"].values()) == {"PermissionError"}, findings
-    assert set(findings["fastopen"].values()) == {"PermissionError"}, findings
-    assert findings["udp"] == "PermissionError"
-    with pytest.raises(BlockingIOError):
-        udp_sink.recv(16)

@@ -1,12 +1,14 @@
-"""The installer behind the egress proxy, end to end: real pip in a real bwrap sandbox with
-no network of its own, the relay, the proxy, a PEP 503 index on 127.0.0.1, and listeners
-that record whether anything reached them. Only loopback addresses are ever dialled."""
+"""The installer behind the egress proxy, end to end at each isolation level this host can
+give: real pip (in bwrap with no network of its own and the relay, or confined by Landlock
+and seccomp to the proxy's loopback port), the per-install proxy, a PEP 503 index on
+127.0.0.1, and listeners that record whether anything reached them. Only loopback addresses
+are ever dialled."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,121 +18,64 @@ import pytest
 
 from sandbox_executor.config import Settings
 from sandbox_executor.dependencies import DependencyManager, SyncRequest
+from sandbox_executor.dependencies.pip_sandbox import PipRunner
 from sandbox_executor.engine import Engine
 from sandbox_executor.errors import InstallFailed
+from sandbox_executor.metrics import REGISTRY
 from sandbox_executor.models import ExecuteRequest
-from tests.support.egress_pip import ProxiedPipRunner, socket_dir
+from tests.conftest import make_workspace
+from tests.support.hostile_build import assert_nothing_got_out, hostile_build, require_level
 from tests.support.listeners import RecordingListener
 from tests.support.local_index import LocalIndex, sdist_bytes
 
-pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
 
-# Runs inside pip's sandbox while the sdist is built. Every attempt is recorded in
-# FINDINGS, which ends up in the module the build produces.
-HOSTILE_BUILD = """
-import socket
-
-def direct(host, port):
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.settimeout(3)
-    try:
-        sock.connect((host, port))
-        return "connected"
-    except OSError as exc:
-        return type(exc).__name__
-    finally:
-        sock.close()
-
-def relay():
-    return socket.create_connection(("127.0.0.1", 3128), timeout=5)
-
-def unix():
-    sock = socket.socket(socket.AF_UNIX)
-    sock.settimeout(5)
-    sock.connect("/run/egress-proxy.sock")
-    return sock
-
-def status(connect, line):
-    try:
-        sock = connect()
-    except OSError as exc:
-        return type(exc).__name__
-    try:
-        sock.sendall(line.encode() + b"\\r\\nHost: x\\r\\n\\r\\n")
-        data = b""
-        while b"\\r\\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        return data.split(b"\\r\\n", 1)[0].decode()
-    except OSError as exc:
-        return type(exc).__name__
-    finally:
-        sock.close()
-
-FINDINGS["direct"] = {h + ":" + str(p): direct(h, p) for h, p in TARGETS}
-FINDINGS["relay"] = {line: status(relay, line) for line in LINES}
-FINDINGS["unix"] = {line: status(unix, line) for line in LINES}
-FINDINGS["control"] = status(relay, "GET " + INDEX_URL + "/ HTTP/1.1")
-"""
-
-
-def hostile_build(index: LocalIndex, others: list[tuple[str, int]]) -> str:
-    index_port = index.port
-    targets = [("127.0.0.1", index_port), *others, ("::1", others[0][1])]
-    lines = []
-    for host, port in others:
-        lines += [f"CONNECT {host}:{port} HTTP/1.1", f"GET http://{host}:{port}/simple/ HTTP/1.1"]
-    port = others[0][1]
-    lines += [
-        f"GET http://2130706433:{port}/ HTTP/1.1",
-        f"GET http://0x7f.1:{port}/ HTTP/1.1",
-        f"CONNECT [::ffff:127.0.0.1]:{port} HTTP/1.1",
-        f"GET http://localhost.:{port}/ HTTP/1.1",
-        f"GET http://127.0.0.1:{index_port}@127.0.0.1:{port}/ HTTP/1.1",
-        f"CONNECT 127.0.0.1:{index_port} HTTP/1.1",  # the plain-HTTP index as a tunnel
-        f"POST {index.url}/ HTTP/1.1",
-    ]
-    head = f"TARGETS = {targets!r}\nLINES = {lines!r}\nINDEX_URL = {index.url!r}\n"
-    return head + HOSTILE_BUILD
+@pytest.fixture(params=["bwrap", "bwrap-compat", "landlock"])
+def level(request: pytest.FixtureRequest) -> str:
+    return require_level(str(request.param))
 
 
 @pytest.fixture
 def base() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="egress-it-"))
-    path.chmod(0o755)
-    (path / "ws").mkdir()
-    (path / "results").mkdir()
-    if os.geteuid() == 0:
-        os.chown(path / "ws", 65534, 65534)
+    path = make_workspace("egress-it-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def pip_runtime_root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="egress-pip-"))
+def state() -> Iterator[Path]:
+    # Not pytest's tmp_path: the sandbox uid must traverse it.
+    path = Path(tempfile.mkdtemp(prefix="egress-state-"))
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
-def manager_for(
-    settings: Settings, base: Path, runtime_root: Path
-) -> tuple[DependencyManager, ProxiedPipRunner]:
-    manager = DependencyManager(settings)
-    runner = ProxiedPipRunner(settings, socket_dir(base))
-    runner.runtime_root = runtime_root
-    manager.pip = runner
-    return manager, runner
+@pytest.fixture
+def udp_sink() -> Iterator[socket.socket]:
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink.setblocking(False)
+    yield sink
+    sink.close()
 
 
-def settings_for(base: Path, **overrides: Any) -> Settings:
+def manager_for(settings: Settings) -> DependencyManager:
+    return DependencyManager(settings, pip=PipRunner(settings, runtime_root=None))
+
+
+def denied(reason: str) -> float:
+    value = REGISTRY.get_sample_value("sandbox_dependency_egress_denied_total", {"reason": reason})
+    return value or 0.0
+
+
+def settings_for(level: str, base: Path, state: Path, **overrides: Any) -> Settings:
+    name = secrets.token_hex(4)
     return Settings(
-        workspace_path=str(base / "ws"),
-        sandbox_venv_path=base / "venv",
-        results_dir=base / "results",
+        sandbox_isolation=level,  # type: ignore[arg-type]
+        workspace_path=str(base),
+        sandbox_venv_path=state / name / "venv",
+        results_dir=state / name / "results",
+        warm_pool_size=0,
         dependency_install_timeout_seconds=120,
         **overrides,
     )
@@ -145,7 +90,7 @@ async def run_python(settings: Settings, code: str) -> Any:
 
 
 async def test_a_hostile_build_reaches_nothing_but_the_index_and_wheels_still_install(
-    base: Path, pip_runtime_root: Path
+    level: str, base: Path, state: Path, udp_sink: socket.socket
 ) -> None:
     with (
         LocalIndex() as index,
@@ -155,9 +100,10 @@ async def test_a_hostile_build_reaches_nothing_but_the_index_and_wheels_still_in
     ):
         second_index.add_wheel("alpha", "9.9", {"alpha.py": "VALUE = 'wrong index'\n"})
         others = [("127.0.0.1", other.port), ("127.0.0.1", executor.port), ("127.0.0.2", second_index.port)]
+        build = hostile_build(index.url, others, udp_port=udp_sink.getsockname()[1])
         index.add_wheel("alpha", "1.0", {"alpha.py": "VALUE = 1\n"})
         index.add_wheel("buildhelper", "1.0", {"buildhelper.py": "VALUE = 'helper'\n"})
-        index.add(*sdist_bytes("evil-pkg", "1.0", "evil_pkg", hostile_build(index, others)))
+        index.add(*sdist_bytes("evil-pkg", "1.0", "evil_pkg", build))
         index.add(
             *sdist_bytes(
                 "needs-helper",
@@ -167,8 +113,9 @@ async def test_a_hostile_build_reaches_nothing_but_the_index_and_wheels_still_in
                 build_requires=["buildhelper"],
             )
         )
-        settings = settings_for(base, dependency_allow_sdist=True, executor_port=executor.port)
-        manager, runner = manager_for(settings, base, pip_runtime_root)
+        settings = settings_for(level, base, state, dependency_allow_sdist=True, executor_port=executor.port)
+        manager = manager_for(settings)
+        before = {reason: denied(reason) for reason in ("host_not_allowed", "bad_target", "method")}
         try:
             body = await manager.sync(
                 SyncRequest(
@@ -187,53 +134,108 @@ async def test_a_hostile_build_reaches_nothing_but_the_index_and_wheels_still_in
         alpha_value, findings, helper = await run_python(settings, code)
         # Nothing the build step tried arrived anywhere.
         assert (other.count(), executor.count(), second_index.request_count()) == (0, 0, 0)
+    with pytest.raises(BlockingIOError):
+        udp_sink.recv(64)
     assert alpha_value == 1
     # pip's isolated build environment got the proxy too: its nested pip fetched the
     # build requirement from the index.
     assert helper == {"helper": "helper"}
-    assert set(findings["direct"].values()) <= {"ConnectionRefusedError", "OSError"}, findings["direct"]
-    for channel in ("relay", "unix"):
-        for line, answer in findings[channel].items():
-            assert answer.split(" ")[1:2] in (["403"], ["400"], ["405"]), (channel, line, answer)
-    # The same channel does reach the index: the refusals above are the proxy's.
-    assert findings["control"].startswith("HTTP/1.0 200"), findings["control"]
-    reasons = {reason for _, _, reason in runner.proxy.denied} if runner.proxy else set()
-    assert {"host_not_allowed", "bad_target", "method"} <= reasons
+    assert_nothing_got_out(findings, unix_socket=level != "landlock")
+    if level == "landlock":
+        # Without a network namespace every direct way out is refused by the kernel:
+        # Landlock (TCP connect to the proxy's port only), seccomp (Fast Open, UDP).
+        assert set(findings["direct"].values()) == {"PermissionError"}, findings["direct"]
+        assert set(findings["fastopen"].values()) == {"PermissionError"}, findings["fastopen"]
+        assert findings["udp"] == "PermissionError"
+    # Each kind of refusal was counted in /metrics' counter.
+    assert all(denied(reason) > count for reason, count in before.items()), before
 
 
-async def test_by_default_the_sdist_is_refused_and_named(base: Path, pip_runtime_root: Path) -> None:
+@pytest.mark.parametrize("level", ["bwrap", "landlock"], indirect=True)
+async def test_by_default_the_sdist_is_refused_and_named(level: str, base: Path, state: Path) -> None:
     with LocalIndex() as index, RecordingListener() as other:
         index.add_wheel("alpha", "1.0", {"alpha.py": "VALUE = 1\n"}, requires=["evil-pkg"])
         index.add(
-            *sdist_bytes("evil-pkg", "1.0", "evil_pkg", hostile_build(index, [("127.0.0.1", other.port)]))
+            *sdist_bytes("evil-pkg", "1.0", "evil_pkg", hostile_build(index.url, [("127.0.0.1", other.port)]))
         )
-        manager, runner = manager_for(settings_for(base), base, pip_runtime_root)
+        manager = manager_for(settings_for(level, base, state))
         try:
-            with pytest.raises(InstallFailed) as caught:
+            with pytest.raises(InstallFailed) as direct:
                 await manager.sync(SyncRequest(python_package_index_url=index.url, dependencies=["evil-pkg"]))
-            assert caught.value.error_code == "Executor.DependencyInstallFailed"
-            missing = runner.missing_wheel
-            assert missing is not None and (missing.name, missing.required_by) == ("evil-pkg", None)
             # The same sdist as a dependency of a wheel.
-            with pytest.raises(InstallFailed) as caught:
+            with pytest.raises(InstallFailed) as transitive:
                 await manager.sync(SyncRequest(python_package_index_url=index.url, dependencies=["alpha"]))
-        finally:
-            await manager.aclose()
-        assert caught.value.error_code == "Executor.DependencyInstallFailed"
-        assert "No matching distribution found for evil-pkg" in str(caught.value.detail)
-        missing = runner.missing_wheel
-        assert missing is not None
-        assert (missing.name, missing.required_by, missing.source_only) == ("evil-pkg", "alpha", True)
-        error = missing.error()
-        assert "evil-pkg" in error.description and "DEPENDENCY_ALLOW_SDIST" in error.description
-        # pip never even downloaded the sdist, so none of its code ran.
-        assert not any(path.startswith("/files/evil_pkg") for path in index.requests)
-        assert other.count() == 0
-        # A project that does not exist is not blamed on wheels.
-        manager, runner = manager_for(settings_for(base), base, pip_runtime_root)
-        try:
-            with pytest.raises(InstallFailed):
+            # A project that does not exist is not blamed on wheels.
+            with pytest.raises(InstallFailed) as unknown:
                 await manager.sync(SyncRequest(python_package_index_url=index.url, dependencies=["nosuch"]))
         finally:
             await manager.aclose()
-        assert runner.missing_wheel is None
+        # pip never even downloaded the sdist, so none of its code ran.
+        assert not any(path.startswith("/files/evil_pkg") for path in index.requests)
+        assert other.count() == 0
+    for caught in (direct, transitive):
+        error = caught.value
+        assert error.error_code == "Executor.DependencyInstallFailed"
+        assert "evil-pkg" in error.description and "DEPENDENCY_ALLOW_SDIST=false" in error.description
+        assert "DEPENDENCY_ALLOW_SDIST=true" in error.solution
+        assert "No matching distribution found for evil-pkg" in str(error.detail)
+    assert "(required by alpha)" in transitive.value.description
+    assert "DEPENDENCY_ALLOW_SDIST" not in unknown.value.description
+
+
+FETCH = """
+import urllib.request
+def fetch(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError as exc:
+        return type(exc).__name__
+FINDINGS["listed"] = fetch(LISTED)
+FINDINGS["unlisted"] = fetch(UNLISTED)
+"""
+
+
+async def test_linked_file_hosts_are_learned_and_listed_hosts_admitted(base: Path, state: Path) -> None:
+    """The index's pages send pip to a second host for the files (learned as relayed);
+    DEPENDENCY_ALLOWED_HOSTS admits a host nothing links to; anything else stays refused."""
+    level = require_level("bwrap")
+    with (
+        LocalIndex(host="127.0.0.2") as files,
+        LocalIndex(host="127.0.0.3") as listed,
+        RecordingListener("127.0.0.4") as unlisted,
+    ):
+        with LocalIndex(link_base=f"http://127.0.0.2:{files.port}") as index:
+            for server in (index, files):  # listed by the index, served by the file host
+                server.add_wheel("alpha", "1.0", {"alpha.py": "VALUE = 1\n"})
+            listed.add("probe", b"ok")
+            urls = {
+                "LISTED": f"http://127.0.0.3:{listed.port}/files/probe",
+                "UNLISTED": f"http://127.0.0.4:{unlisted.port}/",
+            }
+            build = "".join(f"{name} = {url!r}\n" for name, url in urls.items()) + FETCH
+            for server in (index, files):
+                server.add(*sdist_bytes("fetcher", "1.0", "fetcher", build))
+            settings = settings_for(
+                level,
+                base,
+                state,
+                dependency_allow_sdist=True,
+                dependency_allowed_hosts=(f"127.0.0.3:{listed.port}",),
+            )
+            manager = manager_for(settings)
+            try:
+                await manager.sync(
+                    SyncRequest(python_package_index_url=index.url, dependencies=["alpha", "fetcher"])
+                )
+            finally:
+                await manager.aclose()
+            findings = await run_python(
+                settings, "import fetcher\ndef handler(event):\n    return fetcher.FINDINGS\n"
+            )
+        assert any(path.startswith("/files/alpha-1.0") for path in files.requests), files.requests
+        assert not any(path.startswith("/files/alpha-1.0") for path in index.requests)
+        assert unlisted.count() == 0
+    assert findings == {"listed": 200, "unlisted": 403}

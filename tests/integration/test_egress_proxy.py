@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from sandbox_executor.egress_policy import EgressPolicy, IPAddress, Target, policy_for
-from sandbox_executor.egress_proxy import EgressProxy, ProxyLimits
+from sandbox_executor.dependencies.egress.policy import EgressPolicy, IPAddress, Target, policy_for
+from sandbox_executor.dependencies.egress.proxy import EgressProxy, ProxyLimits
 from sandbox_executor.metrics import REGISTRY
 from tests.support.listeners import RecordingListener
 from tests.support.local_index import LocalIndex
@@ -152,7 +152,7 @@ async def test_denials_log_host_and_port_but_never_paths_or_queries(proxy: tuple
 
 async def test_resolved_addresses_are_checked_not_names() -> None:
     """A name on the list that resolves (or rebinds) to an internal address is refused."""
-    answers: dict[str, list[str]] = {"index.test": ["127.0.0.1"], "localhost": ["127.0.0.1", "::1"]}
+    answers: dict[str, list[str]] = {"index.test": ["127.0.0.1"], "files.test": ["169.254.169.254"]}
 
     async def resolver(host: str, port: int) -> list[IPAddress]:
         return [ipaddress.ip_address(a) for a in answers[host]]
@@ -160,14 +160,14 @@ async def test_resolved_addresses_are_checked_not_names() -> None:
     with RecordingListener() as index_port, RecordingListener() as other:
         policy = policy_for(
             f"http://index.test:{index_port.port}/simple",
-            allowed_hosts=[f"localhost:{other.port}"],
+            allowed_hosts=[f"files.test:{other.port}"],
         )
         px, port = await started(policy, resolver=resolver)
         try:
             assert px.policy.index_addresses == {ipaddress.ip_address("127.0.0.1")}
-            # Operator-listed, but loopback: refused after resolution.
-            response = await exchange(port, get(f"http://localhost:{other.port}/"))
-            assert status_of(response) == 403 and b"address_loopback" in response
+            # Operator-listed, but its name answers the metadata address: refused after resolution.
+            response = await exchange(port, get(f"http://files.test:{other.port}/"))
+            assert status_of(response) == 403 and b"address_link_local" in response
             # The index's name now answers another loopback address: not the pinned one.
             answers["index.test"] = ["127.0.0.2"]
             response = await exchange(port, get(f"http://index.test:{index_port.port}/simple/"))

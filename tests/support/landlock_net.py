@@ -1,4 +1,6 @@
-"""pip confined as the landlock level would confine it, for tests (until pip_sandbox does).
+"""A probe confined as the landlock level confines pip (Landlock TCP rules, the egress
+seccomp rules), to show the kernel facts on their own; pip itself runs through the real pip
+sandbox in tests/integration/test_egress_pip.py.
 
 The wrapper runs ``bootstrap/confine.py`` (Landlock for files and TCP, no_new_privs, the
 seccomp program) in a fresh ``python3 -I -S`` and execs the command:
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from sandbox_executor import seccomp
 from sandbox_executor.bootstrap import confine
-from sandbox_executor.egress_seccomp import pip_landlock_program
+from sandbox_executor.dependencies.egress.tcp_rules import pip_landlock_program
 
 BOOTSTRAP_DIR = str(Path(confine.__file__).parent)
 

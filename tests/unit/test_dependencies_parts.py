@@ -11,6 +11,12 @@ import pytest
 
 from sandbox_executor.config import Settings
 from sandbox_executor.dependencies import DependencyManager, SyncRequest
+from sandbox_executor.dependencies.egress.route import (
+    PROXY_SOCKET_MOUNT,
+    RELAY_PATH,
+    loopback_route,
+    socket_route,
+)
 from sandbox_executor.dependencies.fs import read_installed, seal_tree
 from sandbox_executor.dependencies.pip_sandbox import PIP_CACHE_MOUNT, PipJob, PipRunner
 from sandbox_executor.dependencies.store import Manifest, VenvStore
@@ -22,6 +28,8 @@ from sandbox_executor.dependencies.validation import (
     validate_runtime,
 )
 from sandbox_executor.errors import InternalError, InvalidRequest
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
 
 
 @pytest.mark.parametrize(
@@ -85,7 +93,13 @@ def test_entry_count_is_bounded_and_later_duplicates_win() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["https://pypi.org/simple", "http://127.0.0.1:8000/simple/", "https://user:pw@repo.example.com/simple"],
+    [
+        "https://pypi.org/simple",
+        "http://127.0.0.1:8000/simple/",
+        "https://user:pw@repo.example.com/simple",
+        "http://10.0.0.7:3141/root/pypi/+simple/",  # an in-cluster mirror: its own host only
+        "https://[2001:db8::1]/simple",
+    ],
 )
 def test_good_index_urls(url: str) -> None:
     assert validate_index_url(url) == url
@@ -105,6 +119,15 @@ def test_good_index_urls(url: str) -> None:
         "https://example.com/\nsimple",
         "-i http://x",
         "http://" + "a" * 3000,
+        # Addresses the installer's proxy never connects to: metadata, multicast, nothing.
+        "http://169.254.169.254/simple",
+        "http://[fe80::1]/simple",
+        "http://[::ffff:169.254.169.254]/simple",
+        "http://224.0.0.1/simple",
+        "http://0.0.0.0:8080/simple",
+        # Hosts that are not plainly hosts.
+        "http://exa%6dple.com/simple",
+        "http://example.com\\@127.0.0.1/simple",
     ],
 )
 def test_bad_index_urls_are_400(url: str) -> None:
@@ -273,10 +296,11 @@ def test_pip_runs_in_a_sandbox_with_nothing_of_the_daemon(
         tmp_path / "scratch",
         tmp_path / "cache",
     )
-    argv, fds, env, cwd = runner.command(job)
+    argv, fds, env, cwd = runner.command(job, socket_route("/store/egress/v1.sock"))
     try:
         assert env == {} and cwd is None  # bwrap itself starts with an empty environment
-        assert "--clearenv" in argv and "--share-net" in argv
+        # A network namespace of its own: nothing but a private loopback.
+        assert "--clearenv" in argv and "--share-net" not in argv
         assert "--unshare-all" in argv and "--disable-userns" in argv
         assert not any("tok-" in arg for arg in argv)
         sep = argv.index("--", argv.index("--clearenv"))
@@ -290,6 +314,7 @@ def test_pip_runs_in_a_sandbox_with_nothing_of_the_daemon(
             "SSL_CERT_FILE",
             "PIP_CERT",
             "REQUESTS_CA_BUNDLE",
+            *PROXY_VARIABLES,
         }
         writable = {argv[i + 1]: argv[i + 2] for i, a in enumerate(argv[:sep]) if a == "--bind"}
         assert writable == {
@@ -297,17 +322,25 @@ def test_pip_runs_in_a_sandbox_with_nothing_of_the_daemon(
             str(tmp_path / "cache"): PIP_CACHE_MOUNT,
             str(tmp_path / "scratch"): "/workspace",
         }
-        inner = argv[sep + 1 :]
+        read_only = {argv[i + 2]: argv[i + 1] for i, a in enumerate(argv[:sep]) if a == "--ro-bind"}
+        assert read_only[PROXY_SOCKET_MOUNT] == "/store/egress/v1.sock"
+        # The relay runs from a data file, binds its port, then execs pip.
+        relay = argv[sep + 1 :]
+        assert relay[:7] == [settings.python_binary, "-I", "-S", RELAY_PATH, "3128", PROXY_SOCKET_MOUNT, "--"]
+        inner = relay[7:]
         assert inner[0] == settings.python_binary
         assert "--isolated" in inner and "--no-input" in inner
         assert inner[inner.index("--index-url") + 1] == "http://127.0.0.1:9/simple"
         assert inner[inner.index("--target") + 1] == "/opt/sandbox-venv"
+        assert inner[inner.index("--proxy") + 1] == "http://127.0.0.1:3128"
+        # Wheels only by default: no package code runs during the install.
+        assert inner[inner.index("--only-binary") + 1] == ":all:"
         assert inner[-3:] == ["--", "alpha==1.0", "beta"]
         data = {argv[i + 2] for i, a in enumerate(argv[:sep]) if a == "--ro-bind-data"}
-        assert data == {"/etc/passwd", "/etc/group", "/etc/nsswitch.conf"}
+        assert data == {"/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", RELAY_PATH}
         # The executions' seccomp filter applies to pip and to any build it runs.
         assert "--seccomp" in argv[:sep]
-        assert len(fds) == 4
+        assert len(fds) == 6
     finally:
         for fd in fds:
             os.close(fd)
@@ -316,7 +349,7 @@ def test_pip_runs_in_a_sandbox_with_nothing_of_the_daemon(
 def test_unsandboxed_pip_still_gets_a_clean_environment(tmp_path: Path) -> None:
     settings = Settings(sandbox_venv_path=tmp_path / "venv", disable_bwrap=True)
     job = PipJob(["alpha"], "https://i.example/simple", tmp_path / "v1", tmp_path / "s", tmp_path / "c")
-    argv, fds, env, cwd = PipRunner(settings).command(job)
+    argv, fds, env, cwd = PipRunner(settings).command(job, loopback_route(41234, "tok"))
     assert fds == [] and cwd == str(tmp_path / "s")
     assert set(env) <= {
         "PATH",
@@ -327,8 +360,11 @@ def test_unsandboxed_pip_still_gets_a_clean_environment(tmp_path: Path) -> None:
         "SSL_CERT_FILE",
         "PIP_CERT",
         "REQUESTS_CA_BUNDLE",
+        *PROXY_VARIABLES,
     }
     assert argv[argv.index("--target") + 1] == str(tmp_path / "v1")
+    # No network namespace here: the proxy's loopback port, with the install's password.
+    assert argv[argv.index("--proxy") + 1] == "http://pip:tok@127.0.0.1:41234"
 
 
 async def test_unwritable_venv_location_is_a_500_that_names_the_path(tmp_path: Path) -> None:

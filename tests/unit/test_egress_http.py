@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from sandbox_executor.egress_http import (
+from sandbox_executor.dependencies.egress.heads import (
     BadMessage,
     client_response_head,
     error_response,
@@ -15,7 +15,7 @@ from sandbox_executor.egress_http import (
     proxy_token_matches,
     upstream_request,
 )
-from sandbox_executor.egress_policy import Target
+from sandbox_executor.dependencies.egress.policy import Target
 
 
 def head(*lines: str) -> bytes:

@@ -6,8 +6,8 @@ import gzip
 import json
 import zlib
 
-from sandbox_executor.egress_links import LinkCollector
-from sandbox_executor.egress_policy import Target
+from sandbox_executor.dependencies.egress.links import LinkCollector
+from sandbox_executor.dependencies.egress.policy import Target
 
 PAGE = "http://127.0.0.1:9000/simple/alpha/"
 

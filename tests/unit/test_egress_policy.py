@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from sandbox_executor.egress_policy import (
+from sandbox_executor.dependencies.egress.policy import (
     AddressClass,
     EgressPolicy,
     Target,
@@ -231,17 +231,19 @@ def test_admission_by_name(target: Target, allowed: bool) -> None:
         (INDEX, "169.254.169.254", "address_link_local"),
         (INDEX, "8.8.8.8", ""),
         (FILES, "151.101.0.223", ""),
-        (FILES, "127.0.0.1", "address_loopback"),  # a learned host may never be internal
-        (FILES, "10.0.0.5", "address_private"),
+        (FILES, "127.0.0.1", ""),  # a learned host where the index itself lives (loopback)
+        (FILES, "::1", ""),
+        (FILES, "10.0.0.5", "address_private"),  # ...but not in another internal range
         (FILES, "::ffff:10.0.0.5", "address_private"),
         (FILES, "fd00::5", "address_private"),
         (FILES, "169.254.169.254", "address_link_local"),
         (FILES, "fe80::1", "address_link_local"),
         (FILES, "0.0.0.0", "address_never"),
         (FILES, "224.0.0.251", "address_never"),
-        (OPERATOR, "10.0.0.7", ""),  # operator-listed hosts may be private...
-        (OPERATOR, "127.0.0.1", "address_loopback"),  # ...but not loopback
+        (OPERATOR, "10.0.0.7", ""),  # operator-listed hosts may be private
+        (OPERATOR, "127.0.0.1", ""),  # and live where the index lives
         (OPERATOR, "169.254.169.254", "address_link_local"),
+        (Target("https", "builtin.example", 443), "127.0.0.1", "address_loopback"),  # not linked
         (Target("http", "mirror.internal", 8080), "10.0.0.7", "forbidden_port"),
         (Target("http", "mirror.internal", 8080), "8.8.8.8", ""),
     ],
@@ -273,14 +275,28 @@ def test_a_public_index_gets_no_internal_exception_and_pypi_its_file_host() -> N
     assert policy.admit_address(files, ip("127.0.0.1")).reason == "address_loopback"
 
 
-def test_learning_never_widens_the_address_rules() -> None:
-    policy = loopback_policy()
+def test_learned_hosts_may_live_only_where_the_index_lives() -> None:
     target = Target("http", "127.0.0.1", 9001)
+    policy = loopback_policy()
     assert policy.learn(target)
     assert not policy.learn(target)
     assert not policy.learn(INDEX)
     assert policy.admit(target).allowed
-    assert policy.admit_address(target, ip("127.0.0.1")).reason == "address_loopback"
+    # The index lives on loopback: another loopback port it links to is reachable...
+    assert policy.admit_address(target, ip("127.0.0.1")).allowed
+    # ...never the executor's own port, however the index links to it.
+    executor = Target("http", "127.0.0.1", 8080)
+    assert policy.learn(executor)
+    assert policy.admit_address(executor, ip("127.0.0.1")).reason == "forbidden_port"
+    # A public index's pages can never send pip inside: loopback, the cluster, metadata.
+    public = policy_for("http://index.example/simple", ["mirror.internal"])
+    public.index_addresses = frozenset({ip("93.184.215.14")})
+    public.learn(target)
+    assert public.admit_address(target, ip("127.0.0.1")).reason == "address_loopback"
+    assert public.admit_address(Target("http", "mirror.internal", 80), ip("127.0.0.1")).reason == (
+        "address_loopback"
+    )
+    assert public.admit_address(Target("http", "mirror.internal", 80), ip("10.0.0.7")).allowed
 
 
 def test_allowed_host_entries() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sandbox_executor.dependencies.pip_options import find_missing_wheel, pip_extra_args, read_log_tail
 from sandbox_executor.errors import InstallFailed
-from sandbox_executor.pip_options import find_missing_wheel, pip_extra_args, read_log_tail
 
 # pip 26's own words (captured from real runs against tests/support/local_index.py).
 DIRECT = (
@@ -57,11 +57,8 @@ def test_a_source_only_package_is_named_with_the_setting() -> None:
     assert isinstance(error, InstallFailed) and error.error_code == "Executor.DependencyInstallFailed"
     assert "evil-pkg" in error.description and "DEPENDENCY_ALLOW_SDIST" in error.description
     assert "DEPENDENCY_ALLOW_SDIST=true" in error.solution
-    assert error.detail == {
-        "package": "evil-pkg",
-        "requirement": "evil-pkg",
-        "setting": "DEPENDENCY_ALLOW_SDIST",
-    }
+    assert error.detail == "package: evil-pkg; requirement: evil-pkg; setting: DEPENDENCY_ALLOW_SDIST=false"
+    assert missing.error("pip said so").detail.endswith("\npip said so")
 
 
 def test_a_transitive_requirement_names_its_parent() -> None:

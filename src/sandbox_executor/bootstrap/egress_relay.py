@@ -1,6 +1,6 @@
 """Inside pip's sandbox: relay 127.0.0.1:PORT to the egress proxy's unix socket, run pip.
 
-    python3 -I -S -c SOURCE PORT SOCKET -- COMMAND...
+    python3 -I -S FILE PORT SOCKET -- COMMAND...
 
 pip's sandbox has its own network namespace with nothing but a loopback, and pip only
 speaks to HTTP proxies over TCP. So this binds 127.0.0.1:PORT (in that namespace), forks a

@@ -270,9 +270,21 @@ def _store_error(store: VenvStore, exc: OSError) -> InternalError:
 
 def _install_failed(outcome: PipOutcome, timeout: int) -> InstallFailed:
     tail = outcome.output_tail[-ERROR_TAIL_CHARS:]
+    solution = None
+    if outcome.denied:
+        # Where pip could not go: an index whose files live on another host shows up here.
+        refused = sorted({f"{host}:{port} ({reason})" for host, port, reason in outcome.denied if host})
+        if refused:
+            tail += "\n[the egress proxy refused: " + ", ".join(refused[:10]) + "]"
+            solution = (
+                "If pip must download from a host the index does not link to (the file host of "
+                "a private HTTPS index), list it in DEPENDENCY_ALLOWED_HOSTS."
+            )
+    if outcome.missing_wheel is not None:
+        return outcome.missing_wheel.error(tail)
     if outcome.timed_out:
         description = f"Dependency installation timed out after {timeout} seconds."
         tail = f"{tail}\n[timed out after {timeout} s]".lstrip()
     else:
         description = f"pip failed to install the dependencies (exit code {outcome.returncode})."
-    return InstallFailed(description, tail)
+    return InstallFailed(description, tail, solution)

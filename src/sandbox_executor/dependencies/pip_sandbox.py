@@ -1,41 +1,45 @@
-"""pip in its own sandbox: ``pip install --target`` a new tree, nothing else.
+"""pip in its own sandbox: ``pip install --target`` a new tree, reaching only the package index.
 
-At the daemon's isolation level: bwrap (bwrap-compat's options where that is the level),
-or at the landlock level confined by the spawner's child like the executions
-(``confined.py``), TCP connect limited to the index's ports. Network shared (it must
-reach the index), an environment of its own, the system read-only, write access only to
-the new tree, the pip cache and a scratch directory; rlimits, a timeout and an output cap.
+At the daemon's isolation level. At the bwrap levels the sandbox is the executions'
+(``HostProfile.spec``: system mounts, synthetic /etc, seccomp, uid, rlimits) with a network
+namespace of its own: a private loopback and no route anywhere; its one way out is the
+egress proxy the daemon runs for the install (``egress/``), reached through the relay. At
+the landlock level pip is confined by the spawner's child like the executions
+(``confined.py``), plus its own policy: TCP connect to the proxy's loopback port only
+(Landlock) and the TCP-client seccomp rules (``egress/tcp_rules.py``). Write access only to
+the new tree, the pip cache and a scratch directory; a timeout and an output cap. With
+``DEPENDENCY_ALLOW_SDIST=false`` pip installs wheels only, so no package code runs at all.
 docs/DEPENDENCIES.md says what that protects and what not.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import importlib.metadata
-import importlib.util
+import contextlib
 import os
 import secrets
-import shutil
-import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from .. import seccomp
 from ..bwrap import Mount, build_bwrap_argv
 from ..config import Settings
 from ..confined import bare_launch, confined_launch
-from ..egress_policy import index_target, parse_allowed_hosts
 from ..errors import InternalError, SandboxStartError
-from ..host import HostProfile
+from ..host import HostProfile, memfd_with
 from ..process import Launch, SandboxProcess
 from ..runtimes import SANDBOX_VENV_MOUNT
 from ..spawner import Spawner
-from .fs import remove_tree, seal_tree
+from .egress.policy import policy_for
+from .egress.proxy import EgressProxy
+from .egress.route import RELAY_PATH, Route, loopback_route, relay_command, relay_program, socket_route
+from .egress.tcp_rules import pip_landlock_program
+from .pip_options import MissingWheel, find_missing_wheel, pip_extra_args, read_log_tail
+from .pip_runtime import compiled_pip_copy, find_pip
 
 log = structlog.get_logger(__name__)
 
@@ -45,10 +49,15 @@ OUTPUT_TAIL_BYTES = 64 * 1024
 PIP_RUNTIME_MOUNT = "/opt/pip-runtime"
 PIP_CACHE_MOUNT = "/var/cache/pip"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# pip's debug log, in the scratch directory: it tells "no wheel" from "no such project".
+PIP_LOG = "pip-debug.log"
 # Read by pip at the landlock level besides the executions' /etc files: its user agent
 # (pip._vendor.distro; a file Landlock refuses answers EACCES, which distro does not
-# expect) and the resolver's configuration.
-PIP_ETC_FILES = ("/etc/os-release", "/etc/debian_version", "/etc/lsb-release", "/etc/resolv.conf")
+# expect). Nothing is resolved in pip's sandbox: the proxy resolves.
+PIP_ETC_FILES = ("/etc/os-release", "/etc/debian_version", "/etc/lsb-release")
+
+# A refused connection: (host, port, reason); host and port are None for an unparsable request.
+Denial = tuple[str | None, int | None, str]
 
 
 @dataclass(frozen=True)
@@ -60,70 +69,16 @@ class PipOutcome:
     timed_out: bool
     duration: float
     stopped: bool = False  # killed on request (shutdown), not for its own sake
-
-
-def find_pip(settings: Settings) -> tuple[str | None, list[str]]:
-    """Where pip comes from: (host package dir to bind, or None) and the interpreter argv.
-
-    Prefers the pip package of the daemon's own environment (pinned in pyproject), bound
-    read-only and run by the sandbox's interpreter; falls back to that interpreter's
-    ``-m pip`` (e.g. Debian's python3-pip).
-    """
-    spec = importlib.util.find_spec("pip")
-    if spec is not None and spec.submodule_search_locations:
-        pip_dir = os.path.realpath(next(iter(spec.submodule_search_locations)))
-        if os.path.isfile(os.path.join(pip_dir, "__main__.py")):
-            return pip_dir, []
-    return None, [settings.python_binary, "-I", "-m", "pip"]
-
-
-def compiled_pip_copy(pip_dir: str, root: Path, python: str) -> str | None:
-    """A read-only copy of ``pip_dir`` under ``root`` with bytecode for ``python``.
-
-    The daemon's pip has no .pyc for the sandbox's interpreter (it is never imported here)
-    and the sandbox cannot write any, so every install would compile pip's ~450 modules
-    again (about half of a one-wheel install). Compiled once by the daemon from the trusted
-    source; returns None (bind the original) when that fails.
-    """
-    try:
-        version = importlib.metadata.version("pip")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    key = f"pip-runtime-{version}-{hash_path(pip_dir)}"
-    final = root / key
-    if (final / ".complete").is_file():
-        return str(final / "pip")
-    tmp = root / f".{key}.tmp-{secrets.token_hex(4)}"
-    try:
-        shutil.copytree(pip_dir, tmp / "pip", ignore=shutil.ignore_patterns("__pycache__"))
-        done = subprocess.run(
-            [python, "-I", "-m", "compileall", "-q", "-j", "0", str(tmp / "pip")],
-            capture_output=True,
-            timeout=300,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise OSError(f"compileall failed: {done.stdout[-500:]!r}")
-        seal_tree(tmp, None)
-        (tmp / ".complete").write_text(version)
-        for old in root.glob("pip-runtime-*"):
-            remove_tree(old)
-        os.rename(tmp, final)
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("dependency_pip_compile_failed", error=str(exc))
-        remove_tree(tmp)
-        return None
-    return str(final / "pip")
-
-
-def hash_path(path: str) -> str:
-    """A short stable tag for a path (a different daemon pip gets a different copy)."""
-    return hashlib.sha256(os.fsencode(path)).hexdigest()[:12]
+    # Wheels only: the requirement that failed for want of a wheel, when that was why.
+    missing_wheel: MissingWheel | None = None
+    # What the egress proxy refused during the run (the last 100).
+    denied: tuple[Denial, ...] = ()
 
 
 @dataclass
 class PipJob:
-    """One pip run: what to install, where, with which index."""
+    """One pip run: what to install, where, with which index. The proxy's socket goes in
+    ``egress/`` beside the scratch directory (the store's root)."""
 
     requirements: list[str]
     index_url: str
@@ -133,11 +88,10 @@ class PipJob:
 
 
 class PipRunner:
-    """Builds and runs the sandboxed ``pip install --target`` command.
+    """Builds and runs the sandboxed ``pip install --target`` command behind its proxy.
 
-    The sandbox is the executions' (``HostProfile.spec``: system mounts, synthetic /etc,
-    seccomp, uid, rlimits) with the network shared, and it runs through the same
-    spawn/capture/kill path (``process.py``).
+    The sandbox is the executions' (``HostProfile.spec``) with no network of its own, and
+    it runs through the same spawn/capture/kill path (``process.py``).
     """
 
     def __init__(
@@ -153,10 +107,11 @@ class PipRunner:
         self.settings = settings
         self._host = host
         self._pip: tuple[str | None, list[str]] | None = None
+        self._relay: bytes | None = None
+        self._landlock_program: bytes | None = None
         # Where a compiled copy of pip may live (the store's root); None: bind pip as it is.
         self.runtime_root = runtime_root
         self.spawner = spawner or Spawner(settings.python_binary)
-        self._landlock_program: bytes | None = None
 
     @property
     def host(self) -> HostProfile:
@@ -179,7 +134,20 @@ class PipRunner:
         """The uid/gid pip runs as: the sandbox user when the daemon is root."""
         return self.host.run_as
 
-    def environment(self, home: str, tmpdir: str) -> list[tuple[str, str]]:
+    @property
+    def namespaced(self) -> bool:
+        """pip gets a network namespace of its own (the bwrap levels; else it shares the
+        host's and is held to the proxy's port by Landlock, or by nothing at level none)."""
+        return self.host.uses_bwrap
+
+    @property
+    def tcp_confined(self) -> bool:
+        """Code in pip's sandbox can reach nothing but the proxy: a network namespace, or
+        Landlock's TCP rules (ABI >= 4) at the landlock level."""
+        host = self.host
+        return self.namespaced or (host.level == "landlock" and host.facts.landlock_abi >= 4)
+
+    def environment(self, home: str, tmpdir: str, route: Route) -> list[tuple[str, str]]:
         """pip's whole environment: nothing of the daemon's."""
         env = [
             ("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -190,9 +158,9 @@ class PipRunner:
         ]
         if os.path.isfile(CA_BUNDLE):
             env += [("SSL_CERT_FILE", CA_BUNDLE), ("PIP_CERT", CA_BUNDLE), ("REQUESTS_CA_BUNDLE", CA_BUNDLE)]
-        return env
+        return env + route.environment()
 
-    def pip_arguments(self, job: PipJob, target: str, cache: str) -> list[str]:
+    def pip_arguments(self, job: PipJob, target: str, cache: str, extra: list[str]) -> list[str]:
         """pip's own arguments (after the interpreter / pip location)."""
         args = [
             "--isolated",  # no pip.conf, no PIP_* variables: only what is listed here
@@ -214,41 +182,58 @@ class PipRunner:
         if os.path.isfile(CA_BUNDLE):
             args += ["--cert", CA_BUNDLE]
         # Validated PEP 508 strings; "--" ends option parsing for good measure.
-        return [*args, "--", *job.requirements]
+        return [*args, *extra, "--", *job.requirements]
 
-    def command(self, job: PipJob) -> tuple[list[str], list[int], dict[str, str], str | None]:
-        """(argv, descriptors to pass (the caller closes them), environment, cwd)."""
+    def command(self, job: PipJob, route: Route) -> tuple[list[str], list[int], dict[str, str], str | None]:
+        """(argv, descriptors to pass (the caller closes them), environment, cwd); without
+        bwrap the real paths (:meth:`launch` confines them)."""
         pip_dir, fallback = self.locate_pip()
-        host = self.host
-        if not host.uses_bwrap:  # landlock or none: the real paths (run() adds the rest)
-            tmpdir = str(job.scratch / "tmp")
-            head = [self.settings.python_binary, "-I", pip_dir] if pip_dir else fallback
-            argv = [*head, *self.pip_arguments(job, str(job.target), str(job.cache))]
-            return argv, [], dict(self.environment(str(job.scratch), tmpdir)), str(job.scratch)
+        python = self.settings.python_binary
+        allow_sdist = self.settings.dependency_allow_sdist
+        if not self.namespaced:
+            log_path = str(job.scratch / PIP_LOG)
+            extra = pip_extra_args(allow_sdist=allow_sdist, proxy_url=route.proxy_url, log_path=log_path)
+            head = [python, "-I", pip_dir] if pip_dir else fallback
+            argv = [*head, *self.pip_arguments(job, str(job.target), str(job.cache), extra)]
+            env = self.environment(str(job.scratch), str(job.scratch / "tmp"), route)
+            return argv, [], dict(env), str(job.scratch)
+        log_path = f"/workspace/{PIP_LOG}"
+        extra = pip_extra_args(allow_sdist=allow_sdist, proxy_url=route.proxy_url, log_path=log_path)
         inner_pip = f"{PIP_RUNTIME_MOUNT}/pip"
-        head = [self.settings.python_binary, "-I", inner_pip] if pip_dir else fallback
-        argv = [*head, *self.pip_arguments(job, SANDBOX_VENV_MOUNT, PIP_CACHE_MOUNT)]
-        extra = [
+        head = [python, "-I", inner_pip] if pip_dir else fallback
+        argv = [*head, *self.pip_arguments(job, SANDBOX_VENV_MOUNT, PIP_CACHE_MOUNT, extra)]
+        mounts = [
             Mount("bind", str(job.target), SANDBOX_VENV_MOUNT),
             Mount("bind", str(job.cache), PIP_CACHE_MOUNT),
+            *route.mounts,
         ]
         if pip_dir:
-            extra.insert(0, Mount("ro-bind", pip_dir, inner_pip))
-        # The executions' seccomp filter too: an sdist build is untrusted code with network.
-        spec = host.spec(
-            command=argv,
+            mounts.insert(0, Mount("ro-bind", pip_dir, inner_pip))
+        # The executions' seccomp filter too: an sdist build is untrusted code.
+        spec = self.host.spec(
+            command=relay_command(python, argv) if route.relay else argv,
             workspace=str(job.scratch),
-            env=self.environment("/workspace", "/workspace/tmp"),
-            extra_mounts=extra,
-            network=True,
+            env=self.environment("/workspace", "/workspace/tmp", route),
+            extra_mounts=mounts,
             hostname="pip",
         )
+        if route.relay:
+            if self._relay is None:
+                self._relay = relay_program(python)
+            relay = (memfd_with("egress-relay", self._relay), RELAY_PATH)
+            spec = replace(spec, data_files=(*spec.data_files, relay))
         return build_bwrap_argv(spec), spec.inherited_fds(), {}, None
 
     def launch(
-        self, job: PipJob, argv: list[str], fds: dict[int, int], env: dict[str, str], cwd: str | None
+        self,
+        job: PipJob,
+        route: Route,
+        argv: list[str],
+        fds: dict[int, int],
+        env: dict[str, str],
+        cwd: str | None,
     ) -> Launch:
-        """The launch of ``command(job)`` at the host's level (``fds``: child -> ours)."""
+        """The launch of :meth:`command` at the host's level (``fds``: child -> ours)."""
         host = self.host
         rlimits = host.pip_rlimits
         if host.uses_bwrap:
@@ -257,61 +242,91 @@ class PipRunner:
             return bare_launch(
                 host, argv, fds, cwd=cwd or str(job.scratch), env=env, rlimits=rlimits, umask=0o022
             )
-        return self.confined(job, argv, fds, env)
-
-    def confined(self, job: PipJob, argv: list[str], fds: dict[int, int], env: dict[str, str]) -> Launch:
-        """pip at the landlock level: its directories, the system, TCP connect to
-        :meth:`connect_ports` only, :meth:`landlock_program`'s seccomp filter.
-
-        Hooks for a policy on top (an egress proxy): override ``connect_ports`` and
-        ``landlock_program``.
-        """
         pip_dir, _ = self.locate_pip()
         # `python -I <pip dir>` puts the directory's parent on sys.path.
         read_only = [*PIP_ETC_FILES, *([os.path.dirname(pip_dir)] if pip_dir else [])]
         return confined_launch(
-            self.host,
+            host,
             argv,
             fds,
             workspace=str(job.scratch),
             private_tmp=str(job.scratch / "tmp"),
             env=env,
-            rlimits=self.host.pip_rlimits,
+            rlimits=rlimits,
             read_only=read_only,
             read_write=[str(job.target), str(job.cache)],
-            connect_tcp=self.connect_ports(job),
+            # The proxy's port, nothing else (Landlock's rules are per port, not address).
+            connect_tcp=[route.tcp_port] if route.tcp_port is not None else [],
             seccomp_program=self.landlock_program(),
             umask=0o022,
         )
 
-    def connect_ports(self, job: PipJob) -> list[int]:
-        """The TCP ports pip may connect to at the landlock level: the index's and those of
-        DEPENDENCY_ALLOWED_HOSTS (Landlock rules are per port, not per address)."""
-        targets = {index_target(job.index_url), *parse_allowed_hosts(self.settings.dependency_allowed_hosts)}
-        ports = {target.port for target in targets}
-        if index_target(job.index_url).scheme == "https":
-            ports.add(443)  # PyPI's files live on another host (files.pythonhosted.org)
-        return sorted(ports)
-
     def landlock_program(self) -> bytes:
-        """The landlock level's seccomp filter with IPv4/IPv6 sockets allowed (pip must
-        resolve and reach the index); built once."""
+        """The landlock level's seccomp filter with TCP client sockets allowed and nothing
+        else of IPv4/IPv6 (no UDP, raw, Fast Open or listen); built once."""
         if self._landlock_program is None:
-            self._landlock_program = seccomp.build_landlock_program(allow_inet=True)
+            self._landlock_program = pip_landlock_program()
         return self._landlock_program
+
+    @contextlib.asynccontextmanager
+    async def egress(self, job: PipJob) -> AsyncIterator[tuple[EgressProxy, Route]]:
+        """The install's proxy, listening for pip until the block ends."""
+        policy = policy_for(
+            job.index_url,
+            self.settings.dependency_allowed_hosts,
+            forbidden_internal_ports=[self.settings.executor_port],
+        )
+        token = None if self.namespaced else secrets.token_hex(16)
+        async with EgressProxy(policy, token=token) as proxy:
+            try:
+                await proxy.pin_index()
+                if token is None:
+                    # pip's uid may traverse the directory, not list it; the socket is 0600, pip's.
+                    sockets = job.scratch.parent / "egress"
+                    sockets.mkdir(mode=0o711, exist_ok=True)
+                    os.chmod(sockets, 0o711)  # noqa: S103 - traverse only, no listing
+                    path = sockets / f"{job.target.name}.sock"
+                    await proxy.start_unix(str(path), owner=self.ids())
+                    route = socket_route(str(path))
+                else:
+                    route = loopback_route(await proxy.start_tcp(), token)
+            except OSError as exc:
+                message = "The dependency installer's egress proxy could not start."
+                raise InternalError(message, str(exc)) from exc
+            yield proxy, route
 
     async def run(self, job: PipJob, stop: asyncio.Event | None = None) -> PipOutcome:
         """Run pip for ``job`` to completion, timeout or ``stop``; never raises for pip's failures."""
         started = time.monotonic()
-        timeout = float(self.settings.dependency_install_timeout_seconds)
         # Both block (the host probe, libseccomp, compiling pip once): off the event loop.
         await asyncio.to_thread(lambda: self.host)
         await asyncio.to_thread(self.locate_pip)
-        argv, fds, env, cwd = self.command(job)
+        if not self.namespaced and self.host.level != "none":
+            await asyncio.to_thread(self.landlock_program)
+        if self.settings.dependency_allow_sdist and not self.tcp_confined:
+            log.warning(
+                "dependency_builds_unconfined",
+                level=self.host.level,
+                detail="source builds share the host's network here: only what follows the "
+                "proxy settings is held to the index (DEPENDENCY_ALLOW_SDIST=false closes it)",
+            )
+        async with self.egress(job) as (proxy, route):
+            outcome = await self._run_pip(job, route, stop)
+            denied = tuple(proxy.denied)
+        missing = None
+        failed = outcome.returncode != 0 and not (outcome.timed_out or outcome.stopped)
+        if failed and not self.settings.dependency_allow_sdist:
+            log_text = await asyncio.to_thread(read_log_tail, str(job.scratch / PIP_LOG))
+            missing = find_missing_wheel(outcome.output_tail, log_text)
+        return replace(outcome, duration=time.monotonic() - started, missing_wheel=missing, denied=denied)
+
+    async def _run_pip(self, job: PipJob, route: Route, stop: asyncio.Event | None) -> PipOutcome:
+        timeout = float(self.settings.dependency_install_timeout_seconds)
+        argv, fds, env, cwd = self.command(job, route)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         stdio = {0: devnull, 1: out_w, 2: out_w, **{fd: fd for fd in fds}}
-        launch = self.launch(job, argv, stdio, env, cwd)
+        launch = self.launch(job, route, argv, stdio, env, cwd)
         try:
             process = await SandboxProcess.spawn(self.spawner, launch, ours=[out_r])
         except SandboxStartError as exc:
@@ -336,6 +351,6 @@ class PipRunner:
             returncode=returncode,
             output_tail=output.data().decode("utf-8", "replace"),
             timed_out=timed_out,
-            duration=time.monotonic() - started,
+            duration=0.0,
             stopped=stopped,
         )

@@ -15,6 +15,7 @@ from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidRequest
+from .egress.policy import index_refusal, index_target
 
 MAX_ENTRY_LENGTH = 256
 MAX_INDEX_URL_LENGTH = 2048
@@ -110,8 +111,9 @@ def normalize_requirements(entries: Sequence[Any], max_entries: int) -> dict[str
 
 def validate_index_url(url: str) -> str:
     """The index URL, if it is a plain http(s) URL with a host; else InvalidRequest."""
-    if not url or len(url) > MAX_INDEX_URL_LENGTH or not _PRINTABLE.match(url) or " " in url:
-        raise InvalidRequest("python_package_index_url is empty, too long or has spaces.")
+    if not url or len(url) > MAX_INDEX_URL_LENGTH or not _PRINTABLE.match(url) or " " in url or "\\" in url:
+        # A backslash is a path separator to some URL parsers and part of the host to others.
+        raise InvalidRequest("python_package_index_url is empty, too long, or has spaces or backslashes.")
     parts = urlsplit(url)
     try:
         host = parts.hostname
@@ -123,6 +125,16 @@ def validate_index_url(url: str) -> str:
             "python_package_index_url must be an http(s) URL with a host.",
             {"scheme": parts.scheme},
         )
+    # The egress proxy's reading of the URL (stricter than urllib's): what it cannot parse,
+    # or an address it would never connect to (metadata endpoints, multicast...), is refused
+    # here rather than failing the install.
+    try:
+        refusal = index_refusal(index_target(url))
+    except ValueError as exc:
+        message = "python_package_index_url has a host that cannot be used."
+        raise InvalidRequest(message, {"reason": str(exc)}) from None
+    if refusal is not None:
+        raise InvalidRequest(f"python_package_index_url cannot be used: {refusal}.")
     return url
 
 

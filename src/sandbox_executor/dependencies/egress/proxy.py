@@ -7,7 +7,7 @@ install. pip reaches it through ``--proxy``: over a unix socket bound into pip's
 network namespace of its own, on loopback TCP with a per-install password.
 
 - ``CONNECT host:port`` (HTTPS): admitted by name, resolved here, every address checked,
-  then a blind tunnel. The proxy cannot read HTTPS pages; see ``egress_policy`` for how
+  then a blind tunnel. The proxy cannot read HTTPS pages; see ``policy.py`` for how
   the file hosts of an HTTPS index are known.
 - ``GET``/``HEAD http://...`` (plain HTTP): admitted the same way and relayed as one
   HTTP/1.0 exchange per connection; pages of the index are read on the way through and the
@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import structlog
-from prometheus_client import Counter
 
-from .egress_http import (
+from ...metrics import EGRESS_DENIED
+from .heads import (
     BadMessage,
     RequestHead,
     client_response_head,
@@ -46,21 +46,33 @@ from .egress_http import (
     proxy_token_matches,
     upstream_request,
 )
-from .egress_links import LinkCollector, target_of
-from .egress_policy import EgressPolicy, IPAddress, Target, parse_authority, parse_url_target
-from .metrics import REGISTRY
+from .links import LinkCollector, target_of
+from .policy import EgressPolicy, IPAddress, Target, parse_authority, parse_url_target
+from .streams import Streams, content_length, relay_body, tunnel
 
 log = structlog.get_logger(__name__)
 
-EGRESS_DENIED = Counter(
-    "sandbox_dependency_egress_denied_total",
-    "Connections of the dependency installer refused by its egress proxy, by reason.",
-    ["reason"],
-    registry=REGISTRY,
+# Every reason a connection is refused for (the metric's label values, all shown from the
+# start so that an alert on their rate has a series to read).
+DENIAL_REASONS = (
+    "host_not_allowed",
+    "address_loopback",
+    "address_private",
+    "address_link_local",
+    "address_never",
+    "forbidden_port",
+    "bad_target",
+    "bad_request",
+    "method",
+    "auth",
+    "capacity",
+    "head_too_large",
+    "head_timeout",
 )
+for _reason in DENIAL_REASONS:
+    EGRESS_DENIED.labels(reason=_reason)
 
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
-Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 async def system_resolver(host: str, port: int) -> list[IPAddress]:
@@ -220,9 +232,9 @@ class EgressProxy:
             if port == 0:
                 raise Refused(400, "bad_target")
             target = Target("https", host, port)
-            up_reader, up_writer = await self._open(target)
+            upstream = await self._open(target)
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            await self._tunnel((reader, writer), (up_reader, up_writer))
+            await tunnel((reader, writer), upstream, self.limits.chunk, self.limits.idle_timeout)
         elif request.method in ("GET", "HEAD"):
             try:
                 target, path = parse_url_target(request.target)
@@ -281,29 +293,6 @@ class EgressProxy:
         log.info("egress_connect_failed", host=target.host, port=target.port)
         raise Refused(502, "connect_failed", target, counted=False)
 
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        idle = self.limits.idle_timeout
-        while data := await asyncio.wait_for(src.read(self.limits.chunk), idle):
-            dst.write(data)
-            await asyncio.wait_for(dst.drain(), idle)
-        if dst.can_write_eof():
-            with contextlib.suppress(OSError):
-                dst.write_eof()
-
-    async def _tunnel(self, client: Streams, upstream: Streams) -> None:
-        try:
-            up = asyncio.ensure_future(self._pump(client[0], upstream[1]))
-            down = asyncio.ensure_future(self._pump(upstream[0], client[1]))
-            try:
-                for future in asyncio.as_completed((up, down)):
-                    await future
-            finally:
-                up.cancel()
-                down.cancel()
-                await asyncio.gather(up, down, return_exceptions=True)
-        finally:
-            upstream[1].close()
-
     async def _relay(
         self,
         request: RequestHead,
@@ -337,39 +326,20 @@ class EgressProxy:
                     )
             client_writer.write(client_response_head(status_line, headers))
             if request.method != "HEAD":
-                await self._relay_body(up_reader, client_writer, collector, _content_length(headers))
+                length = content_length(headers)
+                limits = self.limits
+                await relay_body(
+                    up_reader,
+                    client_writer,
+                    collector,
+                    length,
+                    limits.chunk,
+                    limits.idle_timeout,
+                    self._learn,
+                )
             await asyncio.wait_for(client_writer.drain(), self.limits.idle_timeout)
         finally:
             up_writer.close()
-
-    async def _relay_body(
-        self,
-        src: asyncio.StreamReader,
-        dst: asyncio.StreamWriter,
-        collector: LinkCollector | None,
-        remaining: int | None,
-    ) -> None:
-        """Copy the body, one chunk behind: the page's last bytes reach pip only after the
-        hosts it links to are learned, so pip's next request cannot race the learning."""
-        idle = self.limits.idle_timeout
-        held = b""
-        while remaining != 0:
-            data = await asyncio.wait_for(src.read(self.limits.chunk), idle)
-            if remaining is not None:
-                data = data[:remaining]
-                remaining -= len(data)
-            if not data:
-                break
-            if collector is not None:
-                collector.feed(data)
-            if held:
-                dst.write(held)
-                await asyncio.wait_for(dst.drain(), idle)
-            held = data
-        if collector is not None:
-            for found in collector.close():
-                self._learn(found)
-        dst.write(held)
 
     def _learn(self, target: Target | None) -> None:
         if target is not None and self.policy.learn(target):
@@ -380,10 +350,3 @@ class EgressProxy:
         self.denied.append((host, port, reason))
         EGRESS_DENIED.labels(reason=reason).inc()
         log.warning("egress_denied", host=host, port=port, reason=reason)
-
-
-def _content_length(headers: list[tuple[str, str]]) -> int | None:
-    value = header(headers, "content-length")
-    if value is None or header(headers, "transfer-encoding") is not None:
-        return None
-    return int(value) if value.isdigit() and len(value) < 16 else None

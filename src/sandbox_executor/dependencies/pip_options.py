@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from .errors import InstallFailed
+from ..errors import InstallFailed
 
 _NOT_FOUND = re.compile(r"No matching distribution found for (.+?)(?: \(from (.+)\))?\s*$", re.MULTILINE)
 _NO_SOURCES = re.compile(r"No sources permitted for ([A-Za-z0-9._-]+)")
@@ -52,8 +52,9 @@ class MissingWheel:
     required_by: str | None  # the project that depends on it, when pip said so
     source_only: bool  # the log shows an sdist was skipped for it
 
-    def error(self) -> InstallFailed:
-        """The 422 the sync answers."""
+    def error(self, output_tail: str = "") -> InstallFailed:
+        """The 422 the sync answers; its detail names the package and the setting, then
+        pip's own words (``output_tail``)."""
         via = f" (required by {self.required_by})" if self.required_by else ""
         if self.source_only:
             why = f"the index has '{self.name}' only as a source distribution (sdist), no matching wheel"
@@ -62,7 +63,8 @@ class MissingWheel:
         return InstallFailed(
             f"Cannot install {self.requirement}{via}: {why}, and building from source is off "
             "(DEPENDENCY_ALLOW_SDIST=false).",
-            {"package": self.name, "requirement": self.requirement, "setting": "DEPENDENCY_ALLOW_SDIST"},
+            f"package: {self.name}; requirement: {self.requirement}; setting: DEPENDENCY_ALLOW_SDIST=false\n"
+            f"{output_tail}".rstrip(),
             "Pin a version published as a wheel for this platform, or set DEPENDENCY_ALLOW_SDIST=true "
             "to let pip build it from source (its build code then runs, sandboxed, reaching only the "
             "package index).",

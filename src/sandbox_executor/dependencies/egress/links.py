@@ -14,7 +14,7 @@ import zlib
 from html.parser import HTMLParser
 from urllib.parse import urljoin
 
-from .egress_policy import Target, parse_url_target
+from .policy import Target, parse_url_target
 
 HTML_TYPES = ("text/html", "application/vnd.pypi.simple.v1+html")
 JSON_TYPES = ("application/vnd.pypi.simple.v1+json",)

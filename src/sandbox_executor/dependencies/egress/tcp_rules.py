@@ -57,6 +57,6 @@ def add_tcp_client_rules(filt: Any) -> None:
 def pip_landlock_program() -> bytes:
     """The whole filter for pip at the landlock level: that level's filter with AF_INET and
     AF_INET6 allowed, narrowed by the rules above."""
-    from . import seccomp
+    from ... import seccomp
 
     return seccomp.build_landlock_program(allow_inet=True, extra_rules=add_tcp_client_rules)

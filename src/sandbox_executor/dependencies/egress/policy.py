@@ -1,15 +1,17 @@
 """Who the dependency installer may talk to: host parsing, address classes, the decision.
 
 Pure functions and one small mutable class (the hosts learned during one install); the
-proxy (``egress_proxy.py``) does the I/O. A request is admitted in two steps:
+proxy (``proxy.py``) does the I/O. A request is admitted in two steps:
 
 1. by name (:meth:`EgressPolicy.admit`): the canonical (scheme, host, port) must be the
    index, a host the operator listed (``DEPENDENCY_ALLOWED_HOSTS``), a built-in file host
    of a known public index, or a host the index's own pages linked to;
 2. by address (:meth:`EgressPolicy.admit_address`), for every address the proxy is about
    to connect to, after it resolved the name itself: public addresses pass; loopback and
-   private ones only for the index (and only the addresses it had when the install
-   started) or, private only, for an operator-listed host; link-local, multicast,
+   private ones for the index only at the addresses it had when the install started, for
+   the hosts it linked to and the operator's hosts only where the index itself lives (its
+   address class: an index on loopback may send pip to another loopback port, a public
+   index never inside), and private ones for the operator's hosts; link-local, multicast,
    unspecified and reserved addresses never; the executor's own port never on a
    non-public address.
 
@@ -285,8 +287,13 @@ class EgressPolicy:
             return ALLOW
         if target.port in self.forbidden_internal_ports:
             return Decision(False, "forbidden_port")
-        if target == self.index and unwrap(address) in {unwrap(a) for a in self.index_addresses}:
-            return ALLOW
+        if target == self.index:
+            # Only where its name pointed when the install started: no rebinding.
+            pinned = unwrap(address) in {unwrap(a) for a in self.index_addresses}
+            return ALLOW if pinned else Decision(False, f"address_{cls.value}")
+        linked_or_listed = target in self.learned or target in self.operator_hosts
+        if linked_or_listed and cls in {classify(a) for a in self.index_addresses}:
+            return ALLOW  # where the index itself lives
         if cls is AddressClass.PRIVATE and target in self.operator_hosts:
             return ALLOW
         return Decision(False, f"address_{cls.value}")

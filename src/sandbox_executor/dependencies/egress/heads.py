@@ -13,7 +13,7 @@ import hmac
 import re
 from dataclasses import dataclass
 
-from .egress_policy import DEFAULT_PORTS, Target
+from .policy import DEFAULT_PORTS, Target
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _VALUE = re.compile(r"^[\t\x20-\x7e]*$")
