@@ -61,6 +61,9 @@ class RunFacts:
     channel: bytes = b""
     channel_truncated: bool = False
     tripped: Tripped = Tripped.NONE
+    # The watcher's own lines on the limits it saw tripped (most decisive first): appended
+    # to stderr when a tripped limit decides the verdict, the first one is its error.
+    limit_notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,11 @@ def classify(facts: RunFacts) -> Verdict:
         for flag, reason, message in _TRIPPED:
             if flag in facts.tripped:
                 code = facts.returncode or 1
-                return Verdict(Status.FAILED, reason, code, verdict.stderr, message)
+                if not facts.limit_notes:
+                    return Verdict(Status.FAILED, reason, code, verdict.stderr, message)
+                sep = "\n" if verdict.stderr and not verdict.stderr.endswith("\n") else ""
+                stderr = verdict.stderr + sep + "".join(f"{note}\n" for note in facts.limit_notes)
+                return Verdict(Status.FAILED, reason, code, stderr, facts.limit_notes[0])
     return verdict
 
 

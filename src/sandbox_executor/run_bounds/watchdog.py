@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from ..poller import Poller, PollHandle
+from ..proctree import Proc, ProcTable, process_memory, read_proc
 from .base import BoundsReport, Breach, BreachCallback, Limits, Mechanism, breach_detail
 from .cgroupfs import process_start, signal_if
-from .proctree import Proc, ProcTable, process_memory, read_proc
 
 log = structlog.get_logger(__name__)
 
@@ -182,7 +182,7 @@ class Watchdog:
         log.warning("run_memory_limit", used=total, limit=run.limits.memory_bytes, mechanism="watchdog")
         try:
             if run.on_breach is not None:
-                how = "the watchdog stopped the run"
+                how = "stopped by the memory watchdog at"
                 run.on_breach(Breach("memory_limit", breach_detail(run.limits, total, how)))
         finally:
             self.kill(run)
