@@ -98,7 +98,7 @@ class Engine:
         try:
             result = await sandbox.run(job, request.stdin, str(self.settings.workspace_dir), output=output)
         finally:
-            await sandbox.discard()
+            self.sandboxes.retire(sandbox)
         # /health reports sandboxes that cannot start until one starts again.
         if result.termination_reason == TerminationReason.SANDBOX_ERROR:
             self.last_start_error = result.error or "the sandbox could not be created"
