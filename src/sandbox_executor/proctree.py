@@ -64,6 +64,30 @@ def process_memory(pid: int, proc: str = "/proc") -> int | None:
         return None
 
 
+def pss_anon_shmem_bytes(data: bytes) -> int:
+    """Pss_Anon + Pss_Shmem from a /proc/<pid>/smaps_rollup text (Linux 5.7+; before it,
+    the whole Pss): each page shared by N processes counts 1/N in each of them."""
+    fields: dict[bytes, int] = {}
+    for line in data.splitlines():
+        key, _, rest = line.partition(b":")
+        if key in (b"Pss", b"Pss_Anon", b"Pss_Shmem"):
+            fields[key] = int(rest.split()[0]) * 1024
+    if b"Pss_Anon" in fields:
+        return fields[b"Pss_Anon"] + fields.get(b"Pss_Shmem", 0)
+    return fields.get(b"Pss", 0)
+
+
+def proportional_memory(pid: int, proc: str = "/proc") -> int | None:
+    """What ``pid`` holds that the kernel cannot drop, shared pages split among their
+    sharers: sums over processes without counting a fork's copy-on-write pages twice.
+    Costly (the kernel walks the page tables: about 3 ms per 100 MiB resident)."""
+    try:
+        with open(f"{proc}/{pid}/smaps_rollup", "rb") as fh:
+            return pss_anon_shmem_bytes(fh.read())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def rss_bytes(pid: int) -> int:
     """VmRSS of ``pid`` (0 when it is gone): shared library pages count in every process."""
     try:

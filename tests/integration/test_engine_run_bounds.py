@@ -118,7 +118,12 @@ def test_four_processes_over_the_limit_together_are_stopped_for_memory(daemon: R
     result = run(daemon, POOL, {"mb": 200})
     assert_stopped_for_memory(daemon, result)
     peak = result["metrics"]["peak_memory_mb"]
-    assert LIMIT_MB * 0.75 < peak < LIMIT_MB + 48, peak
+    if daemon.env["RUN_BOUNDS_MECHANISM"] == "watchdog":
+        # What the stopped tree held: four writers on two cores grow GiB/s between two
+        # samples (benchmarks/run.py measures how far; 96 MiB is twice the documented bound).
+        assert LIMIT_MB < peak < LIMIT_MB + 96, peak
+    else:
+        assert LIMIT_MB * 0.75 < peak <= LIMIT_MB + 1, peak
 
 
 def test_four_processes_under_the_limit_succeed_with_the_whole_runs_peak(daemon: RunningServer) -> None:
@@ -128,6 +133,31 @@ def test_four_processes_under_the_limit_succeed_with_the_whole_runs_peak(daemon:
     # The four workers together (4 x 50 MiB), not the largest one of them.
     peak = result["metrics"]["peak_memory_mb"]
     assert 195 <= peak <= LIMIT_MB, peak
+
+
+FORKED_READERS = """
+import os, time
+
+def handler(event):
+    data = b"x" * (150 << 20)
+    readers = []
+    for _ in range(3):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(0.5)  # holds the parent's 150 MiB, shared copy-on-write
+            os._exit(0)
+        readers.append(pid)
+    for pid in readers:
+        os.waitpid(pid, 0)
+    return len(data) >> 20
+"""
+
+
+def test_pages_a_fork_shares_count_once(daemon: RunningServer) -> None:
+    # Four processes each map 150 MiB (600 MiB summed per process), but it is one copy.
+    result = run(daemon, FORKED_READERS, {})
+    assert result["status"] == "success", result["stderr"][-500:]
+    assert 150 <= result["metrics"]["peak_memory_mb"] < LIMIT_MB, result["metrics"]
 
 
 def test_a_run_writing_past_the_workspace_cap_is_stopped_and_keeps_its_files(daemon: RunningServer) -> None:
