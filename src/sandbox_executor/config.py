@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     )
     results_dir: Path = Field(
         default=Path("/var/lib/sandbox-executor/results"),
-        description="Durable state: the journal of accepted executions (an acceptance is written with fsync before its 200) and the outbox of results not yet delivered (and undeliverable ones). When it is full or not writable, POST /execute answers 503 Executor.StorageUnavailable and /health is unhealthy until it recovers.",
+        description="Durable state: the journal of accepted executions (an acceptance is written with fsync before its 200), the outbox of results not yet delivered (and undeliverable ones), and, standalone, the finished results GET /executions/{id} answers after a restart. When it is full or not writable, POST /execute answers 503 Executor.StorageUnavailable and /health is unhealthy until it recovers.",
     )
     sandbox_venv_path: Path = Field(
         default=Path("/opt/sandbox-venv"),

@@ -32,6 +32,7 @@ from .journal import Journal, JournalInUse
 from .logging_setup import configure_logging
 from .mcp_http import McpEndpoint, ServiceBackend
 from .pool import WarmPool
+from .results_store import ResultStore
 from .run_bounds import BoundsUnavailable
 from .run_guards import RunGuards
 from .sandbox import SandboxFactory
@@ -97,6 +98,15 @@ class Daemon:
         )
         stack.push_async_callback(_bounded, dependencies.aclose, 0.2)
         engine = Engine(settings, sandboxes, warm_source=pool)
+        results = None
+        if not settings.control_plane_url:
+            # Standalone: a result is committed where GET can find it after a restart.
+            results = ResultStore(
+                settings.results_dir,
+                retention_seconds=settings.executions_retention_seconds,
+                retention_count=settings.executions_retention_count,
+            )
+            await asyncio.to_thread(results.prune)
         service = self.service = ExecutionService(
             settings,
             engine,
@@ -105,6 +115,7 @@ class Daemon:
             dependencies=dependencies,
             journal=self.journal,
             guards=self.guards,
+            results=results,
         )
         await self._restore_unfinished(service)
         await service.start()

@@ -90,6 +90,16 @@ class Acceptances(Protocol):
     def probe(self) -> StorageStatus: ...
 
 
+class StoredResults(Protocol):
+    """Final results kept on disk when nobody else keeps them (results_store.ResultStore)."""
+
+    def save(self, execution_id: str, result: ExecutionResult) -> bool: ...
+
+    def load(self, execution_id: str) -> ExecutionResult | None: ...
+
+    def forget(self, execution_id: str) -> None: ...
+
+
 class GuardsView(Protocol):
     """The run guards as /health shows them (run_guards.RunGuards)."""
 
@@ -142,7 +152,10 @@ class ExecutionService:
         dependencies: Dependencies | None = None,
         journal: Acceptances | None = None,
         guards: GuardsView | None = None,
+        results: StoredResults | None = None,
     ) -> None:
+        """``results``: where final results are committed when no control plane takes
+        them, so that GET and a replayed POST answer after a restart."""
         self.settings = settings
         self.engine = engine
         self.reporter = reporter
@@ -150,6 +163,7 @@ class ExecutionService:
         self.dependencies = dependencies
         self.journal = journal
         self.guards = guards
+        self.results = results
         self.records: OrderedDict[str, ExecutionRecord] = OrderedDict()
         # Live output of every kept execution (GET /executions/{id}/events), pruned with it.
         self.event_logs = EventLogs(settings.max_output_bytes)
@@ -197,7 +211,7 @@ class ExecutionService:
             metrics.REJECTED.labels("shutting_down").inc()
             raise ShuttingDown("The executor is shutting down.", retry_after=5)
         fingerprint = request.fingerprint()
-        existing = self.records.get(request.execution_id)
+        existing = self.get(request.execution_id)
         if existing is not None:
             if existing.fingerprint in (fingerprint, None):
                 return existing, False
@@ -238,11 +252,27 @@ class ExecutionService:
             if record.result is not None and (too_many or expired):
                 del self.records[key]
                 self.event_logs.discard(key)
+                if self.results is not None:
+                    self.results.forget(key)
             elif not too_many:
                 break
 
     def get(self, execution_id: str) -> ExecutionRecord | None:
-        return self.records.get(execution_id)
+        """The execution, from memory or, after a restart, from the result store."""
+        record = self.records.get(execution_id)
+        if record is None and self.results is not None:
+            stored = self.results.load(execution_id)
+            if stored is not None:
+                record = self._recorded(ExecuteRequest.model_construct(execution_id=execution_id), stored)
+        return record
+
+    def _recorded(self, request: ExecuteRequest, result: ExecutionResult) -> ExecutionRecord:
+        """A finished execution known without its payload (any replay of the id matches)."""
+        record = ExecutionRecord(request=request, fingerprint=None, state="completed", result=result)
+        record.finished_at = time.monotonic()
+        record.done.set()
+        self.records[request.execution_id] = record
+        return record
 
     async def restore(self, accepted: Accepted, stored: ExecutionResult | None) -> ExecutionRecord:
         """An execution a previous daemon accepted and never finished: recorded again (for
@@ -255,14 +285,13 @@ class ExecutionService:
             language=accepted.language,
             timeout=accepted.timeout,
         )
-        record = ExecutionRecord(request=request, fingerprint=None)
-        self.records[accepted.execution_id] = record
         if stored is not None:
-            record.result, record.state, record.finished_at = stored, "completed", time.monotonic()
-            record.done.set()
+            record = self._recorded(request, stored)
             if self.journal is not None:
                 self.journal.complete(accepted.execution_id)
             return record
+        record = ExecutionRecord(request=request, fingerprint=None)
+        self.records[accepted.execution_id] = record
         crashed = ExecutionResult.crashed(RESTARTED_MESSAGE, TerminationReason.RESTARTED)
         await self._finish(record, crashed)
         return record
@@ -344,6 +373,9 @@ class ExecutionService:
                 committed = await self.reporter.submit_result(
                     request.execution_id, request.session_id, result
                 )
+            if self.results is not None:
+                saved = await asyncio.to_thread(self.results.save, request.execution_id, result)
+                committed = committed and saved
             if committed and self.journal is not None:
                 # Held in memory only (the outbox failed): left open, so a restart says crashed.
                 self.journal.complete(request.execution_id)

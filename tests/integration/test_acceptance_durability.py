@@ -131,17 +131,35 @@ def test_a_sigkilled_daemons_accepted_executions_are_reported_crashed_after_rest
         assert len(cp.requests("result")) == 3
 
 
-def test_standalone_a_restart_answers_the_interrupted_execution(
+def test_standalone_a_restart_answers_finished_and_interrupted_executions(
     base_dir: Path, servers: list[RunningServer]
 ) -> None:
-    marker, ids = kill_mid_run(servers, base_dir, {})
+    # Without a control plane, whoever polls is the only reader: a result must outlive
+    # the daemon too, as well as the acceptance of a run it never finished.
+    first = launch(servers, base_dir, {})
+    finished = f"exec_{uuid.uuid4().hex[:16]}"
+    counted = "import os\ndef handler(event):\n    return len(os.listdir('.'))\n"
+    done = post(first, finished, counted, wait="true")
+    assert done.status_code == 200 and done.json()["status"] == "success", done.text
+    marker = "sbxdur" + uuid.uuid4().hex[:10]
+    interrupted = f"exec_{uuid.uuid4().hex[:16]}"
+    assert post(first, interrupted, LINGER.format(marker=marker)).status_code == 200
+    wait_for_file(first.workspace / f"started-{marker}")
+    first.process.send_signal(signal.SIGKILL)
+    assert first.wait(5) == -signal.SIGKILL
     assert wait_gone(marker) == []
+
     second = launch(servers, base_dir, {})
-    for eid in ids:
-        assert_crashed(httpx.get(f"{second.url}/executions/{eid}", timeout=5).json())
-    replay = post(second, ids[0], LINGER.format(marker=marker), wait="true")
-    assert replay.status_code == 200
-    assert_crashed(replay.json())
+    assert httpx.get(f"{second.url}/executions/{finished}", timeout=5).json() == {
+        "execution_id": finished,
+        **done.json(),
+    }
+    assert_crashed(httpx.get(f"{second.url}/executions/{interrupted}", timeout=5).json())
+    for eid, code, status in ((finished, counted, "success"), (interrupted, LINGER, "crashed")):
+        replay = post(second, eid, code, wait="true")
+        assert replay.status_code == 200 and replay.json()["status"] == status, replay.text
+    # Neither ran again: the interrupted run's marker file is the only one.
+    assert [p.name for p in second.workspace.iterdir()] == [f"started-{marker}"]
 
 
 def _v1_unavailable() -> str | None:

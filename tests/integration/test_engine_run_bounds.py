@@ -244,6 +244,15 @@ def _tree(root: int) -> list[int]:
     return found
 
 
+def test_a_named_mechanism_that_cannot_work_stops_the_start_up() -> None:
+    missing = next((m for m in ("cgroup_v2", "cgroup_v1") if unavailable(m)), None)  # type: ignore[arg-type]
+    if missing is None:
+        pytest.skip("every mechanism works here")
+    with pytest.raises(RuntimeError, match="memory_bounds") as failed:
+        start_server({"RUN_BOUNDS_MECHANISM": missing})
+    assert "remedy: set RUN_BOUNDS_MECHANISM=auto" in str(failed.value)
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="starting an unprivileged daemon needs root")
 def test_an_unprivileged_daemon_bounds_runs_with_the_watchdog() -> None:
     # Where the daemon cannot write any cgroup (uid 65534 here, uid 1000 in the control
