@@ -175,6 +175,26 @@ def test_a_run_writing_past_the_workspace_cap_is_stopped_and_keeps_its_files(dae
     (daemon.workspace / "kept.txt").unlink()
 
 
+async def test_a_run_done_between_two_probes_is_still_held_to_the_cap(
+    run_code: Any, make_settings: Any, workspace: Path
+) -> None:
+    # Far from a 1 GiB cap the probes are 250 ms apart; fallocate takes 1.2 GiB of blocks
+    # in a few milliseconds and the run is over: the last look at its end still counts.
+    code = (
+        "import os\n"
+        "def handler(event):\n"
+        "    for name in ('burst1.bin', 'burst2.bin'):\n"
+        "        fd = os.open(name, os.O_WRONLY | os.O_CREAT)\n"
+        "        os.posix_fallocate(fd, 0, 600 << 20)\n"
+        "    return 'done'\n"
+    )
+    result = await run_code(code, settings=make_settings(max_workspace_write_mb=1024))
+    assert result.status == "failed", result
+    assert result.termination_reason == "disk_limit", result
+    assert {"burst1.bin", "burst2.bin"} <= set(result.artifacts)
+    assert "workspace write limit reached" in result.stderr
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for name in os.listdir("/proc"):

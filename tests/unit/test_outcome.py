@@ -56,8 +56,10 @@ ROWS: list[tuple[str, dict[str, Any], Status, TerminationReason, int, str | None
      1, "memory limit"),
     ("a tripped limit at start is still the limit", {"started": False, "returncode": -9,
      "tripped": Tripped.MEMORY}, F, MEM, -9, "memory limit"),
-    ("a tripped limit does not spoil a success", {"channel": OK, "tripped": Tripped.DISK}, S, EXITED,
-     0, None),
+    ("a process killed for memory does not spoil a success", {"channel": OK, "tripped": Tripped.MEMORY},
+     S, EXITED, 0, None),
+    ("a run past its write cap fails though it exited 0", {"channel": OK, "tripped": Tripped.DISK}, F,
+     DISK, 1, "write limit"),
     ("a tripped limit does not hide the deadline", {"timed_out": True, "tripped": Tripped.MEMORY}, T,
      TerminationReason.TIMEOUT, -1, "timeout"),
 ]  # fmt: skip
@@ -105,7 +107,9 @@ def test_the_watchers_lines_end_stderr_and_the_first_is_the_error() -> None:
     assert verdict.termination_reason == MEM and verdict.error == memory
     assert verdict.stderr == f"partial\n{memory}\n{disk}\n"
     # A tripped limit that does not decide the verdict adds nothing.
-    assert classify(_facts(channel=OK, stderr="x", tripped=Tripped.DISK, limit_notes=(disk,))).stderr == "x"
+    assert (
+        classify(_facts(channel=OK, stderr="x", tripped=Tripped.MEMORY, limit_notes=(memory,))).stderr == "x"
+    )
 
 
 def test_success_carries_the_return_value() -> None:
