@@ -8,6 +8,7 @@ callback, and answers it at GET /executions/{id} and to a replayed POST.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -236,13 +237,14 @@ def test_a_full_results_dir_refuses_acceptance_until_space_returns(
     server = launch(servers, base_dir, env)
     assert_accepting(server)
     filler = small_results_fs / "filler"
-    with open(filler, "wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * (1 << 20))
-                fh.flush()
-        except OSError:
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"\0" * (1 << 16)):
             pass
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
     assert_refused(server, "full")
     filler.unlink()
     assert_accepting(server)
