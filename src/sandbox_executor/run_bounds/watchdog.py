@@ -191,6 +191,9 @@ class Watchdog:
                     continue
                 cheap = sum(process_memory(pid) or 0 for pid in list(run.members))
                 used = self._measure(run, cheap, now)
+                if used is None:  # maybe shared pages counted twice: confirm at the next turn
+                    run.due = now + self.min_interval
+                    continue
                 run.peak = max(run.peak, used)
                 headroom = run.limits.memory_bytes - used
                 if headroom < 0:
@@ -203,9 +206,10 @@ class Watchdog:
             wait = min((run.due for run in self._runs), default=now + self.max_interval) - now
         return max(0.0, wait)
 
-    def _measure(self, run: WatchdogRun, cheap: int, now: float) -> int:
+    def _measure(self, run: WatchdogRun, cheap: int, now: float) -> int | None:
         """The run's memory from ``cheap``, its processes' summed resident memory (exact
-        unless a fork shares pages); past the limit, corrected or confirmed."""
+        unless a fork shares pages); past the limit, corrected or confirmed (None: not
+        yet, confirmations are spaced)."""
         limit = run.limits.memory_bytes
         known = run.confirmed
         if cheap <= limit:
@@ -216,7 +220,7 @@ class Watchdog:
             estimate = known.used + cheap - known.cheap
             return estimate if estimate <= limit else self._confirm(run, cheap, now)
         if known is not None and now < known.next_confirm:
-            return limit  # maybe shared pages counted twice: confirm at the next allowed turn
+            return None
         return self._confirm(run, cheap, now)
 
     def _confirm(self, run: WatchdogRun, cheap: int, now: float) -> int:
