@@ -16,94 +16,34 @@ import stat
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
 from . import metrics
 from .config import Settings
 from .errors import Conflict, QueueFull, ShuttingDown
-from .isolation import Level
 from .models import ExecuteRequest, ExecutionResult, TerminationReason
-from .streaming import EventLogs, OutputSink
+from .service_ports import (
+    Acceptances,
+    Dependencies,
+    Executor,
+    GuardsView,
+    PoolView,
+    Reporter,
+    StoredResults,
+)
+from .streaming import EventLogs
 
 if TYPE_CHECKING:
-    from contextlib import AbstractAsyncContextManager
-
-    from .control_plane import DeliveryStats
-    from .dependencies import SyncRequest
     from .journal import StorageStatus
     from .journal_records import Accepted
-    from .pool import PoolStats
 
 log = structlog.get_logger(__name__)
 
 State = Literal["queued", "running", "completed"]
 
 RESTARTED_MESSAGE = "The executor restarted during the execution; its outcome is unknown."
-
-
-class Executor(Protocol):
-    """Runs one request to its result (engine.Engine)."""
-
-    last_start_error: str | None
-
-    @property
-    def isolation(self) -> Level:
-        """The isolation level its sandboxes run at (isolation.py)."""
-        ...
-
-    async def execute(self, request: ExecuteRequest, output: OutputSink | None = None) -> ExecutionResult: ...
-
-
-class Reporter(Protocol):
-    """What the service needs from the control-plane reporter (control_plane.py)."""
-
-    async def submit_result(
-        self, execution_id: str, session_id: str | None, result: ExecutionResult
-    ) -> bool: ...
-
-    def heartbeat(self, execution_id: str) -> AbstractAsyncContextManager[None]: ...
-
-    def stats(self) -> DeliveryStats: ...
-
-
-class PoolView(Protocol):
-    """The warm pool as /health and /metrics see it (pool.WarmPool)."""
-
-    def stats(self) -> PoolStats: ...
-
-
-class Dependencies(Protocol):
-    """Installs the session's packages (dependencies.DependencyManager)."""
-
-    async def sync(self, request: SyncRequest) -> dict[str, Any]: ...
-
-
-class Acceptances(Protocol):
-    """The acceptance journal (journal.Journal): durable acceptances and their completion."""
-
-    def accept(self, execution_id: str, session_id: str | None, language: str, timeout: int) -> object: ...
-
-    def complete(self, execution_id: str) -> None: ...
-
-    def probe(self) -> StorageStatus: ...
-
-
-class StoredResults(Protocol):
-    """Final results kept on disk when nobody else keeps them (results_store.ResultStore)."""
-
-    def save(self, execution_id: str, result: ExecutionResult) -> bool: ...
-
-    def load(self, execution_id: str) -> ExecutionResult | None: ...
-
-    def forget(self, execution_id: str) -> None: ...
-
-
-class GuardsView(Protocol):
-    """The run guards as /health shows them (run_guards.RunGuards)."""
-
-    def describe(self) -> dict[str, Any]: ...
 
 
 @dataclass
