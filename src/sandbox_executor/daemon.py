@@ -31,6 +31,7 @@ from .host import HostProfile
 from .journal import Journal, JournalInUse
 from .logging_setup import configure_logging
 from .mcp_http import McpEndpoint, ServiceBackend
+from .models import ExecutionResult
 from .pool import WarmPool
 from .results_store import ResultStore
 from .run_bounds import BoundsUnavailable
@@ -135,13 +136,19 @@ class Daemon:
 
     async def _restore_unfinished(self, service: ExecutionService) -> None:
         """Executions a killed predecessor accepted and never finished: each is reported
-        ``crashed`` (or, if its result had reached the outbox, recorded with it)."""
+        ``crashed`` (or, if its result was committed before the completion was written,
+        recorded with it)."""
         unfinished = self.journal.unfinished()
         for accepted in unfinished:
-            stored = await asyncio.to_thread(self.reporter.stored_result, accepted.execution_id)
+            stored = await asyncio.to_thread(self._stored_result, service, accepted.execution_id)
             await service.restore(accepted, stored)
         if unfinished:
             log.warning("executions_interrupted_by_restart", count=len(unfinished))
+
+    def _stored_result(self, service: ExecutionService, execution_id: str) -> ExecutionResult | None:
+        if service.results is not None:
+            return service.results.load(execution_id)
+        return self.reporter.stored_result(execution_id)
 
     def on_signal(self, signum: int) -> None:
         if self._signalled is not None:
