@@ -180,9 +180,10 @@ def test_start_up_sweeps_the_cgroups_a_killed_daemon_left(
     why = _v1_unavailable()
     if why is not None:
         pytest.skip(f"cgroup v1 unavailable here: {why}")
-    # Without bwrap there is no pid namespace whose end takes the run along: what the
-    # killed daemon's run left is found by its cgroup at the next start.
-    env = {"DISABLE_BWRAP": "true", "RUN_BOUNDS_MECHANISM": "cgroup_v1"}
+    # Without bwrap or a supervisor there is no pid namespace or subreaper whose end takes
+    # the run along: what the killed daemon's run left is found by its cgroup at the next
+    # start.
+    env = {"SANDBOX_ISOLATION": "none", "RUN_BOUNDS_MECHANISM": "cgroup_v1"}
     marker, _ = kill_mid_run(servers, base_dir, env)
     time.sleep(0.3)  # the spawner's own death signal has landed by now
     assert processes_with(marker), "nothing survived the daemon: this test would prove nothing"

@@ -65,7 +65,14 @@ def join_run(child: Child) -> None:
     # OSError aborts the spawn: a sandbox outside its cgroup would run unbounded.
     run_join.join_cgroups(child.req.get("cgroup_procs") or ())
     if child.req.get("oom_score_adj") is not None:
-        confine.set_oom_score_adj(int(child.req["oom_score_adj"]))
+        # Non-dumpable like the spawner, this process's /proc/self files are root's: ours
+        # to write only while it is dumpable, for this one write (exec resets it anyway;
+        # a supervisor stays non-dumpable).
+        confine.set_dumpable(True)
+        try:
+            confine.set_oom_score_adj(int(child.req["oom_score_adj"]))
+        finally:
+            confine.set_dumpable(False)
 
 
 def switch_ids(child: Child) -> None:
