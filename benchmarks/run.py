@@ -20,7 +20,11 @@ Measures, in one run on this machine (it must run as root, like the daemon in te
 * the python hello world cold and warm at each isolation level this host can give
   (``SANDBOX_ISOLATION`` = bwrap, bwrap-compat, landlock), and the kernel's Landlock ABI;
 * dependency syncs (``dependency_sync.py``): one-wheel installs, a merge, a no-op re-sync,
-  and what the installer's egress proxy costs a one-wheel install.
+  and what the installer's egress proxy costs a one-wheel install;
+* the acceptance journal: ``Journal.accept()`` (write + fdatasync) on the disk the test
+  daemons use, and the mean the warm daemon's own ``sandbox_journal_write_seconds`` saw;
+* the whole-run memory bounds: how far past a 256 MiB limit the fastest allocator got
+  before it was stopped, under the memory watchdog and under cgroup v1 where the host has it.
 
 It prints medians, p95 and the ratios to the bare runs, checks the latency and footprint targets, and
 writes the same figures to ``benchmarks/results/latest.json``. About two minutes.
@@ -414,6 +418,7 @@ def measure_executor(cp: FakeControlPlaneProcess, scale: float) -> dict[str, Any
             n = max(10, int(SAMPLES[language] * scale))
             out["warm"][language] = summary(ex.series(language, n, warm=True))
         warm_returned = dict(ex.handler_returned)
+        out["journal_in_daemon"] = journal_in_daemon(ex.client.get("/metrics").text)
         # Footprint: a warm-up round that fills the result history, then LOAD_EXECUTIONS
         # back to back (python; the pool serves what it can keep up with).
         load = [ex.run("python") for _ in range(WARMUP_EXECUTIONS)]
@@ -460,6 +465,81 @@ def measure_executor(cp: FakeControlPlaneProcess, scale: float) -> dict[str, Any
         missing = len(returned) - len(delays)
         out[f"callback_{name}"] = summary(delays) | {"missing": missing}
     return out
+
+
+# ---------------------------------------------------------------------- run bounds, journal
+def journal_in_daemon(metrics_text: str) -> dict[str, float]:
+    """Mean journal write of the warm daemon so far, from its own histogram."""
+    values = {}
+    for name in ("sum", "count"):
+        found = re.search(rf"^sandbox_journal_write_seconds_{name} ([0-9.e+-]+)$", metrics_text, re.M)
+        values[name] = float(found[1]) if found else 0.0
+    mean = values["sum"] / values["count"] * 1000 if values["count"] else float("nan")
+    return {"n": values["count"], "mean_ms": round(mean, 3)}
+
+
+def measure_bounds_and_journal(scale: float) -> dict[str, Any]:
+    """The journal's cost per acceptance, and the memory bounds' overshoot."""
+    import tempfile
+
+    from benchmarks.journal_cost import journal_accept
+    from benchmarks.run_bounds_figures import overshoot_once
+    from sandbox_executor.poller import Poller
+    from sandbox_executor.run_bounds import BoundsUnavailable, detect_bounds
+
+    out: dict[str, Any] = {}
+    # The filesystem the test daemons keep RESULTS_DIR on (tests/support/server.py).
+    with tempfile.TemporaryDirectory(prefix="bench-journal-") as root:
+        out["journal_accept"] = summary(journal_accept(Path(root)))
+    trials = max(4, int(12 * scale))
+    for mechanism in ("watchdog", "cgroup_v1"):
+        poller = Poller()
+        try:
+            detect_bounds(poller, mechanism).close()  # type: ignore[arg-type]
+        except BoundsUnavailable:
+            continue
+        finally:
+            poller.close()
+        over = [overshoot_once(mechanism)[0] for _ in range(trials)]
+        out[f"overshoot_{mechanism}_mib"] = _spread(over)
+        out[f"overshoot_{mechanism}_pool_mib"] = _spread(pool_overshoot(mechanism, trials))
+    return out
+
+
+POOL_OVER_LIMIT = """
+import multiprocessing
+def touch(mb):
+    block = b"x" * (mb << 20)
+    return len(block)
+def handler(event):
+    with multiprocessing.Pool(4) as pool:
+        return sum(pool.map(touch, [200] * 4))
+"""
+
+
+def pool_overshoot(mechanism: str, trials: int) -> list[float]:
+    """MiB past a 256 MiB limit that four processes together held when a daemon stopped
+    them (its peak_memory_mb: for the watchdog, measured with the run frozen)."""
+    server = start_server(
+        {"RUN_BOUNDS_MECHANISM": mechanism, "MEMORY_LIMIT_MB": "256", "WARM_POOL_SIZE": "0"}
+    )
+    over = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for n in range(trials):
+                body = {"execution_id": f"exec_bench_pool_{n}", "language": "python", "code": POOL_OVER_LIMIT}
+                doc = client.post("/execute", params={"wait": "true"}, json=body).json()
+                if doc.get("termination_reason") != "memory_limit":
+                    raise RuntimeError(f"the pool was not stopped for memory: {doc.get('status')}")
+                over.append(doc["metrics"]["peak_memory_mb"] - 256)
+    finally:
+        stop_server(server)
+        shutil.rmtree(server.workspace.parent, ignore_errors=True)
+    return over
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "median": round(statistics.median(values), 1), "max": round(max(values), 1)}
 
 
 # ---------------------------------------------------------------------- report
@@ -510,6 +590,11 @@ def build_report(bare: dict[str, Any], ex: dict[str, Any], live: dict[str, Any])
             "met": all(
                 ex[k]["p95_ms"] <= 20 and not ex[k]["missing"] for k in ("callback_cold", "callback_warm")
             ),
+        },
+        "python warm median <= 0.5 x bare python3 -c pass (journal write included)": {
+            "value": ratio(warm_py["median_ms"], base),
+            "limit": "<= 0.5",
+            "met": warm_py["median_ms"] <= 0.5 * base,
         },
         "daemon idle RSS <= 60 MiB": {
             "value": round(fp["idle"]["rss_bytes"] / 2**20, 1),
@@ -590,6 +675,23 @@ def print_report(report: dict[str, Any], meta: dict[str, Any]) -> None:
             f"  {level:<14}{cold['median_ms']:>12.2f}{cold['p95_ms']:>8.2f}"
             f"{warm['median_ms']:>13.2f}{warm['p95_ms']:>8.2f}"
         )
+    bounds = ex.get("bounds", {})
+    if bounds:
+        print("\nAcceptance journal and whole-run memory bounds")
+        ja, jd = bounds["journal_accept"], ex["journal_in_daemon"]
+        print(
+            f"  journal accept (write + fdatasync): median {ja['median_ms']:.3f} ms  "
+            f"p95 {ja['p95_ms']:.3f} ms  (n={ja['n']}); in the warm daemon: mean {jd['mean_ms']:.3f} ms "
+            f"(n={jd['n']:.0f})"
+        )
+        for key, o in bounds.items():
+            if key.startswith("overshoot_"):
+                who = "4 processes" if key.endswith("_pool_mib") else "1 process "
+                mechanism = key[10:].removesuffix("_mib").removesuffix("_pool")
+                print(
+                    f"  {mechanism:<9} {who} allocating flat out, past a 256 MiB limit when stopped: "
+                    f"median {o['median']:.0f} MiB, max {o['max']:.0f} MiB (n={o['n']:.0f})"
+                )
     print("\nTargets")
     for name, t in report["targets"].items():
         print(f"  [{'met' if t['met'] else 'MISSED'}] {name}: {t['value']} ({t['limit']})")
@@ -648,6 +750,8 @@ def main() -> int:
         cp.close()
     print("dependency sync: one-wheel installs through the egress proxy and without it ...", flush=True)
     deps = measure_dependency_sync(scale)
+    print("journal and memory bounds ...", flush=True)
+    ex["bounds"] = measure_bounds_and_journal(scale)
     report = build_report(bare, ex, live) | {"levels": levels, "dependency_sync": deps}
     commit = subprocess.run(
         ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True

@@ -45,6 +45,16 @@ def check(report: Report, where: str, daemon: Daemon, expected: str) -> str:
     report.check(
         where, f"/health reports the expected level {expected}", level == expected, str(health)[:400], "level"
     )
+    # Which per-run memory bounds this deployment gets (docs/OPERATIONS.md, "Per-run limits").
+    bounds = health.get("memory_bounds") if isinstance(health, dict) else None
+    mechanism = bounds.get("mechanism") if isinstance(bounds, dict) else None
+    report.check(
+        where,
+        "/health names the runs' memory bounds",
+        mechanism in ("cgroup_v2", "cgroup_v1", "watchdog"),
+        str(bounds)[:300],
+    )
+    report.measure(f"{where}: memory bounds", mechanism)
     try:
         status, metrics = daemon.call("GET", "/metrics")
     except OSError as exc:

@@ -86,11 +86,24 @@ class Health(BaseModel):
     warm_pool_memory_bytes: int = 0
     results_pending_delivery: int = 0
     results_undeliverable: int = 0
+    memory_bounds: dict[str, str] | None = Field(
+        default=None,
+        description="How each run's processes are bounded together: mechanism "
+        "(cgroup_v2, cgroup_v1, watchdog) and detail",
+    )
+    workspace_writes: dict[str, str] | None = Field(
+        default=None, description="How MAX_WORKSPACE_WRITE_MB is measured: mode and detail"
+    )
 
 
 class Unhealthy(BaseModel):
     status: Literal["unhealthy"]
     reason: str
+    storage: dict[str, Any] | None = Field(
+        default=None,
+        description="Set when RESULTS_DIR cannot make acceptances durable: reason "
+        "(full, read_only, not_writable, io_error), detail, since",
+    )
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -327,7 +340,10 @@ def create_app(
                 "description": "Accepted (JSON); with wait=true the final result; " + STREAM_DOC,
             },
             409: {"model": ErrorBody, "description": "Same execution_id, different payload"},
-            503: {"model": ErrorBody, "description": "Queue full or shutting down (see Retry-After)"},
+            503: {
+                "model": ErrorBody,
+                "description": "Queue full, shutting down, or RESULTS_DIR cannot store it (see Retry-After)",
+            },
         },
         summary="Accept an execution (200 at once); ?wait=true answers with the result, "
         "?stream=true streams its output live (text/event-stream)",
@@ -383,7 +399,11 @@ def create_app(
     async def health() -> Any:
         problem = service.health_problem()
         if problem is not None:
-            return JSONResponse({"status": "unhealthy", "reason": problem}, status_code=503)
+            body: dict[str, Any] = {"status": "unhealthy", "reason": problem}
+            storage = service.storage_problem()
+            if storage is not None:
+                body["storage"] = {"reason": storage.reason, "detail": storage.detail, "since": storage.since}
+            return JSONResponse(body, status_code=503)
         pool = service.pool.stats() if service.pool is not None else None
         delivery = service.reporter.stats() if service.reporter is not None else None
         return Health(
@@ -397,6 +417,7 @@ def create_app(
             warm_pool_memory_bytes=pool.memory_bytes if pool is not None else 0,
             results_pending_delivery=delivery.pending if delivery is not None else 0,
             results_undeliverable=delivery.undeliverable if delivery is not None else 0,
+            **(service.guards.describe() if service.guards is not None else {}),
         )
 
     @app.get(

@@ -183,6 +183,32 @@ def check_dirs(settings: Settings) -> CheckResult:
     return CheckResult("results_dir", True, str(settings.results_dir))
 
 
+def check_run_guards(settings: Settings) -> list[CheckResult]:
+    """Which per-run bounds this host gives (RUN_BOUNDS_MECHANISM), and how the workspace
+    write cap is measured; a mechanism named in the settings that cannot work fails."""
+    from .run_bounds import BoundsUnavailable
+    from .run_guards import RunGuards
+
+    try:
+        guards = RunGuards.detect(settings)
+    except BoundsUnavailable as exc:
+        remedy = "set RUN_BOUNDS_MECHANISM=auto, or give the daemon the cgroup it names"
+        return [CheckResult("memory_bounds", False, exc.description, remedy)]
+    try:
+        described = guards.describe()
+    finally:
+        guards.close()
+    memory = described["memory_bounds"]
+    results = [CheckResult("memory_bounds", True, f"{memory['mechanism']} ({memory['detail']})")]
+    writes = described.get("workspace_writes")
+    if writes is not None:
+        limit = f"{settings.max_workspace_write_mb} MiB per run"
+        results.append(
+            CheckResult("workspace_writes", True, f"{limit}, {writes['mode']}: {writes['detail']}")
+        )
+    return results
+
+
 def run_checks(
     settings: Settings, host: HostProfile | None = None, *, include_results_dir: bool = True
 ) -> list[CheckResult]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pydantic import ValidationError
 
-from .checks import run_checks
+from .checks import check_run_guards, run_checks
 from .config import Settings
 from .errors import InvalidRequest, SandboxStartError
 
@@ -143,7 +143,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     _logs_to_stderr()
     settings = Settings()
     failed = 0
-    for result in run_checks(settings, include_results_dir=False):
+    for result in [*run_checks(settings, include_results_dir=False), *check_run_guards(settings)]:
         mark = "ok  " if result.ok else "FAIL"
         print(f"[{mark}] {result.name}: {result.detail}")
         for note in result.notes:

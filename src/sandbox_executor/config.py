@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     )
     results_dir: Path = Field(
         default=Path("/var/lib/sandbox-executor/results"),
-        description="Durable outbox of results not yet delivered (and undeliverable ones).",
+        description="Durable state: the journal of accepted executions (an acceptance is written with fsync before its 200), the outbox of results not yet delivered (and undeliverable ones), and, standalone, the finished results GET /executions/{id} answers after a restart. When it is full or not writable, POST /execute answers 503 Executor.StorageUnavailable and /health is unhealthy until it recovers.",
     )
     sandbox_venv_path: Path = Field(
         default=Path("/opt/sandbox-venv"),
@@ -161,10 +161,12 @@ class Settings(BaseSettings):
     memory_limit_mb: int = Field(
         default=512,
         ge=64,
-        description="Memory per process of a run (RLIMIT_DATA; node's heap is sized below it).",
+        description="Memory of a run, all its processes together (a cgroup's memory.max, or the memory watchdog: see RUN_BOUNDS_MECHANISM); beyond it the run is stopped with termination_reason memory_limit. Also each process's RLIMIT_DATA, as a backstop (node's heap is sized below it). peak_memory_mb is the whole run's peak.",
     )
     pids_limit: int = Field(
-        default=256, ge=16, description="Processes and threads per run (a fork bomb stops here)."
+        default=256,
+        ge=16,
+        description="Processes and threads of a run, all together (a cgroup's pids.max where the daemon has cgroups; RLIMIT_NPROC in each sandbox as a backstop): a fork bomb stops here.",
     )
     max_output_bytes: int = Field(
         default=10 * MIB,

@@ -20,17 +20,22 @@ import uvicorn
 from . import private_tmp
 from .api import create_app
 from .bootstrap import confine
-from .checks import run_checks
-from .config import Settings
+from .checks import CheckResult, run_checks
+from .config import MIB, Settings
 from .control_plane import ControlPlaneReporter
 from .dependencies import DependencyManager
 from .engine import Engine
 from .errors import SandboxStartError
 from .files import WorkspaceFiles
 from .host import HostProfile
+from .journal import Journal, JournalInUse
 from .logging_setup import configure_logging
 from .mcp_http import McpEndpoint, ServiceBackend
+from .models import ExecutionResult
 from .pool import WarmPool
+from .results_store import ResultStore
+from .run_bounds import BoundsUnavailable
+from .run_guards import RunGuards
 from .sandbox import SandboxFactory
 from .service import ExecutionService
 from .spawner import Spawner
@@ -61,9 +66,12 @@ async def _bounded(close: Callable[[], Awaitable[None]], seconds: float) -> None
 class Daemon:
     """The parts of a serving executor, wired in :meth:`start` and unwound by its stack."""
 
-    def __init__(self, settings: Settings, host: HostProfile) -> None:
+    def __init__(self, settings: Settings, host: HostProfile, guards: RunGuards, journal: Journal) -> None:
+        """``guards`` and ``journal`` are owned from now on (closed by the exit stack)."""
         self.settings = settings
         self.host = host
+        self.guards = guards
+        self.journal = journal
         self.reporter = ControlPlaneReporter(settings)
         self.server: _Server | None = None
         self.service: ExecutionService | None = None
@@ -80,7 +88,8 @@ class Daemon:
     async def start(self, stack: contextlib.AsyncExitStack) -> ExecutionService:
         """Build and start every part; each pushes its own closing onto ``stack``."""
         settings = self.settings
-        sandboxes = SandboxFactory(settings, self.host, Spawner(settings.python_binary))
+        stack.callback(self.journal.close)
+        sandboxes = SandboxFactory(settings, self.host, Spawner(settings.python_binary), self.guards)
         stack.push_async_callback(_bounded, sandboxes.aclose, 0.2)
         await self.reporter.start()
         stack.push_async_callback(_bounded, self.reporter.aclose, 0.2)
@@ -90,9 +99,26 @@ class Daemon:
         )
         stack.push_async_callback(_bounded, dependencies.aclose, 0.2)
         engine = Engine(settings, sandboxes, warm_source=pool)
+        results = None
+        if not settings.control_plane_url:
+            # Standalone: a result is committed where GET can find it after a restart.
+            results = ResultStore(
+                settings.results_dir,
+                retention_seconds=settings.executions_retention_seconds,
+                retention_count=settings.executions_retention_count,
+            )
+            await asyncio.to_thread(results.prune)
         service = self.service = ExecutionService(
-            settings, engine, self.reporter, pool=pool, dependencies=dependencies
+            settings,
+            engine,
+            self.reporter,
+            pool=pool,
+            dependencies=dependencies,
+            journal=self.journal,
+            guards=self.guards,
+            results=results,
         )
+        await self._restore_unfinished(service)
         await service.start()
         if pool is not None:
             await pool.start()
@@ -107,6 +133,22 @@ class Daemon:
         )
         stack.push_async_callback(_bounded, self.mcp.aclose, 0.2)
         return service
+
+    async def _restore_unfinished(self, service: ExecutionService) -> None:
+        """Executions a killed predecessor accepted and never finished: each is reported
+        ``crashed`` (or, if its result was committed before the completion was written,
+        recorded with it)."""
+        unfinished = self.journal.unfinished()
+        for accepted in unfinished:
+            stored = await asyncio.to_thread(self._stored_result, service, accepted.execution_id)
+            await service.restore(accepted, stored)
+        if unfinished:
+            log.warning("executions_interrupted_by_restart", count=len(unfinished))
+
+    def _stored_result(self, service: ExecutionService, execution_id: str) -> ExecutionResult | None:
+        if service.results is not None:
+            return service.results.load(execution_id)
+        return self.reporter.stored_result(execution_id)
 
     def on_signal(self, signum: int) -> None:
         if self._signalled is not None:
@@ -227,12 +269,16 @@ def serve() -> int:
     _log_level(host)
     if not host.uses_bwrap:
         private_tmp.sweep()  # what a killed predecessor left
-    failures = [c for c in run_checks(settings, host) if not c.ok]
-    if failures:
+    # RESULTS_DIR is not a start-up check: a daemon that cannot store acceptances starts,
+    # refuses executions with 503 and says why in /health until it can (see journal.py).
+    failures = [c for c in run_checks(settings, host, include_results_dir=False) if not c.ok]
+    acquired = None if failures else _acquire(settings, failures)
+    if acquired is None:
         for check in failures:
             _refuse(check.name, check.detail, check.remedy)
         return 1
-    daemon = Daemon(settings, host)
+    guards, journal = acquired
+    daemon = Daemon(settings, host, guards, journal)
     code = asyncio.run(daemon.run())
     if daemon.signalled:
         # Interpreter teardown (FastAPI/pydantic) takes up to half a second we do not have
@@ -241,3 +287,28 @@ def serve() -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _acquire(settings: Settings, failures: list[CheckResult]) -> tuple[RunGuards, Journal] | None:
+    """The run guards (after the checks: their one-shot engine has its own) and the
+    acceptance journal; None, with the reason appended to ``failures``, if one cannot be had."""
+    try:
+        guards = RunGuards.detect(settings)
+    except BoundsUnavailable as exc:
+        remedy = "set RUN_BOUNDS_MECHANISM=auto, or give the daemon the cgroup it names"
+        failures.append(CheckResult("memory_bounds", False, exc.description, remedy))
+        return None
+    try:
+        journal = Journal.open(settings.results_dir, min_free_bytes=result_room(settings))
+    except JournalInUse as exc:
+        guards.close()
+        failures.append(
+            CheckResult("results_dir", False, exc.description, "give every daemon its own RESULTS_DIR")
+        )
+        return None
+    return guards, journal
+
+
+def result_room(settings: Settings) -> int:
+    """Free space RESULTS_DIR must have for an acceptance: room for its largest result."""
+    return 2 * settings.max_output_bytes + settings.max_return_value_bytes + MIB

@@ -12,6 +12,8 @@ from .errors import SandboxStartError
 from .host import HostProfile
 from .isolation import Level
 from .models import ExecuteRequest, ExecutionResult, Language, TerminationReason
+from .run_bounds import BoundsUnavailable
+from .run_guards import RunGuards
 from .runtimes import job_from_request
 from .sandbox import Sandbox, SandboxFactory
 from .spawner import Spawner
@@ -37,11 +39,13 @@ class Engine:
         sandboxes: SandboxFactory | None = None,
         warm_source: WarmSource | None = None,
     ) -> None:
-        """``sandboxes`` defaults to a factory over a freshly probed host and a spawner of
-        its own (one-shot callers: the CLI, the start-up check, tests)."""
+        """``sandboxes`` defaults to a factory over a freshly probed host, a spawner and run
+        guards of its own (one-shot callers: the CLI, the start-up check, tests)."""
         self.settings = settings
         if sandboxes is None:
-            sandboxes = SandboxFactory(settings, HostProfile.probe(settings), Spawner(settings.python_binary))
+            host = HostProfile.probe(settings)
+            guards = RunGuards.detect(settings)
+            sandboxes = SandboxFactory(settings, host, Spawner(settings.python_binary), guards)
         self.sandboxes = sandboxes
         self.warm_source = warm_source
         # The last sandbox start failure, cleared by the next successful run (for /health).
@@ -82,7 +86,7 @@ class Engine:
         if sandbox is None:
             try:
                 sandbox = await self.sandboxes.start(request.language)
-            except (SandboxStartError, OSError) as exc:
+            except (SandboxStartError, BoundsUnavailable, OSError) as exc:
                 # A host problem (bwrap missing, fds exhausted, seccomp refused), never the
                 # user's: reported as crashed, the daemon carries on.
                 log.error("sandbox_start_failed", error=str(exc))
@@ -94,7 +98,7 @@ class Engine:
         try:
             result = await sandbox.run(job, request.stdin, str(self.settings.workspace_dir), output=output)
         finally:
-            await sandbox.discard()
+            self.sandboxes.retire(sandbox)
         # /health reports sandboxes that cannot start until one starts again.
         if result.termination_reason == TerminationReason.SANDBOX_ERROR:
             self.last_start_error = result.error or "the sandbox could not be created"

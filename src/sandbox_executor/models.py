@@ -46,6 +46,8 @@ class TerminationReason(StrEnum):
     DISK_LIMIT = "disk_limit"
     SANDBOX_ERROR = "sandbox_error"
     SHUTDOWN = "shutdown"
+    # The daemon was killed (OOM, node trouble) while the execution was accepted.
+    RESTARTED = "restarted"
 
 
 class ExecuteRequest(BaseModel):

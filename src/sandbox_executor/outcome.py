@@ -43,6 +43,10 @@ _TRIPPED: tuple[tuple[Tripped, TerminationReason, str], ...] = (
     (Tripped.MEMORY, TerminationReason.MEMORY_LIMIT, "The execution exceeded its memory limit."),
     (Tripped.DISK, TerminationReason.DISK_LIMIT, "The execution exceeded its workspace write limit."),
 )
+# ...and fails one that did: what it wrote stays in the workspace, so a run quick enough
+# to finish between two probes must not pass the cap. (A process of the run killed for
+# memory, which the handler survived, leaves nothing behind.)
+_SPOILS_SUCCESS = Tripped.DISK
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,9 @@ class RunFacts:
     channel: bytes = b""
     channel_truncated: bool = False
     tripped: Tripped = Tripped.NONE
+    # The watcher's own lines on the limits it saw tripped (most decisive first): appended
+    # to stderr when a tripped limit decides the verdict, the first one is its error.
+    limit_notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,11 +83,18 @@ class Verdict:
 def classify(facts: RunFacts) -> Verdict:
     """The verdict on one run (first matching row of the table below)."""
     verdict = _base(facts)
-    if verdict.status in (Status.FAILED, Status.CRASHED) and facts.tripped:
+    decides = facts.tripped if verdict.status in (Status.FAILED, Status.CRASHED) else Tripped.NONE
+    if verdict.status == Status.SUCCESS:
+        decides = facts.tripped & _SPOILS_SUCCESS
+    if decides:
         for flag, reason, message in _TRIPPED:
-            if flag in facts.tripped:
+            if flag in decides:
                 code = facts.returncode or 1
-                return Verdict(Status.FAILED, reason, code, verdict.stderr, message)
+                if not facts.limit_notes:
+                    return Verdict(Status.FAILED, reason, code, verdict.stderr, message)
+                sep = "\n" if verdict.stderr and not verdict.stderr.endswith("\n") else ""
+                stderr = verdict.stderr + sep + "".join(f"{note}\n" for note in facts.limit_notes)
+                return Verdict(Status.FAILED, reason, code, stderr, facts.limit_notes[0])
     return verdict
 
 

@@ -15,6 +15,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .bootstrap.run_join import SANDBOX_OOM_SCORE_ADJ
 from .capture import BoundedCapture, capture_fd
 from .errors import SandboxStartError
 from .limits import Rlimit
@@ -47,6 +48,10 @@ class Launch:
     nproc_headroom: int | None = None
     confine: Confine | None = None
     sweep_orphans: bool = False
+    # The run's cgroup.procs files, joined by the child before exec (none: no cgroups).
+    cgroup_procs: Sequence[str] = ()
+    # Every sandbox process is the kernel's first pick under memory pressure, never the daemon.
+    oom_score_adj: int | None = SANDBOX_OOM_SCORE_ADJ
 
     @property
     def supervised(self) -> bool:
@@ -82,6 +87,8 @@ class SandboxProcess:
                 nproc_headroom=launch.nproc_headroom,
                 confine=launch.confine,
                 sweep_orphans=launch.sweep_orphans,
+                cgroup_procs=launch.cgroup_procs,
+                oom_score_adj=launch.oom_score_adj,
             )
         except OSError as exc:
             for fd in (*ours, *([launch.info_fd] if launch.info_fd is not None else [])):

@@ -11,20 +11,23 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from . import artifacts, private_tmp
 from .bootstraps import Bootstraps
 from .bwrap import Mount, build_bwrap_argv, renumbered
 from .capture import BoundedCapture
-from .config import Settings
+from .config import MIB, Settings
 from .confined import bare_launch, confined_launch
 from .host import HostProfile
 from .models import ExecutionResult, Language, Metrics
 from .outcome import RunFacts, Tripped, classify
 from .process import Launch, SandboxProcess
+from .run_guards import GuardedRun, GuardReport, RunGuards
 from .runtimes import (
     BOOTSTRAP_FD,
     BWRAP_LAYOUT,
@@ -44,6 +47,8 @@ from .spawner import Spawner, Usage
 if TYPE_CHECKING:
     from .streaming import OutputSink
 
+log = structlog.get_logger(__name__)
+
 
 class Sandbox:
     """One started sandbox, waiting on its input pipe for exactly one execution."""
@@ -59,14 +64,14 @@ class Sandbox:
         stdout: BoundedCapture,
         stderr: BoundedCapture,
         result: BoundedCapture,
-        limit_watch: Callable[[], Tripped] | None = None,
+        guard: GuardedRun | None = None,
         layout: Layout = BWRAP_LAYOUT,
         private_dir: str | None = None,
     ) -> None:
-        """``limit_watch`` tells, once the run is over, which limits a watcher outside
-        the sandbox saw tripped (a cgroup's OOM count, a workspace write cap).
-        ``layout``: the paths the code sees; ``private_dir``: its temporary directory
-        when the daemon made one (removed once the sandbox is gone)."""
+        """``guard``: the run's bounds outside the sandbox (memory and processes of the
+        whole run, workspace writes), started with the sandbox. ``layout``: the paths the
+        code sees; ``private_dir``: its temporary directory when the daemon made one
+        (removed once the sandbox is gone)."""
         self.language = language
         self.layout = layout
         self._private_dir = private_dir
@@ -78,7 +83,7 @@ class Sandbox:
         self._stdout = stdout
         self._stderr = stderr
         self._result = result
-        self._limit_watch = limit_watch
+        self._guard = guard
         self.used = False
 
     @property
@@ -103,13 +108,17 @@ class Sandbox:
         await self.process.kill()
 
     async def discard(self) -> None:
-        """Kill the sandbox (if still running) and release its descriptors and directory."""
+        """Kill the sandbox (if still running) and release its descriptors, directory and
+        its run's cgroups."""
         await self.process.kill()
         self._close_writers()
         self.process.close()
         if self._private_dir is not None:
             path, self._private_dir = self._private_dir, None
             await asyncio.to_thread(private_tmp.remove, path)
+        if self._guard is not None:
+            # Blocking (a leftover kill, rmdir retries): off the event loop.
+            await asyncio.to_thread(self._guard.close)
 
     def _close_writers(self) -> None:
         for fd in (self._input_w, self._stdin_w):
@@ -131,6 +140,8 @@ class Sandbox:
         before = await artifacts.snapshot_soon(workspace, self.settings.artifact_max_files)
         started = time.monotonic()
         started_wall_ns = time.time_ns()
+        if self._guard is not None:
+            self._guard.hand_off()
         feeders = [
             asyncio.ensure_future(_feed(self._input_w, launch_message(job, self.layout))),
             asyncio.ensure_future(_feed(self._stdin_w, (stdin or "").encode("utf-8", "surrogatepass"))),
@@ -159,6 +170,7 @@ class Sandbox:
         )
         raw = self._result.data()
         started_inner = raw.startswith(STARTED_MARKER)
+        guarded = self._guard.report(returncode, timed_out=timed_out) if self._guard is not None else None
         verdict = classify(
             RunFacts(
                 returncode=returncode,
@@ -169,7 +181,8 @@ class Sandbox:
                 uses_channel=uses_result_channel(self.language),
                 channel=raw[len(STARTED_MARKER) :] if started_inner else b"",
                 channel_truncated=self._result.truncated,
-                tripped=self._limit_watch() if self._limit_watch else Tripped.NONE,
+                tripped=guarded.tripped if guarded is not None else Tripped.NONE,
+                limit_notes=guarded.notes if guarded is not None else (),
             )
         )
         return ExecutionResult(
@@ -179,7 +192,7 @@ class Sandbox:
             stderr=verdict.stderr,
             execution_time=round(elapsed, 6),
             return_value=verdict.return_value,
-            metrics=_metrics(elapsed, usage),
+            metrics=_metrics(elapsed, usage, guarded),
             artifacts=[d.path for d in details],
             artifact_details=details,
             artifacts_truncated=before.truncated or after.truncated or len(changes) > cap,
@@ -194,11 +207,16 @@ class SandboxFactory:
     """Starts execution sandboxes: the host profile, the spawner helper and the bootstrap
     programs, wired once."""
 
-    def __init__(self, settings: Settings, host: HostProfile, spawner: Spawner) -> None:
+    def __init__(
+        self, settings: Settings, host: HostProfile, spawner: Spawner, guards: RunGuards | None = None
+    ) -> None:
+        """``guards`` (owned from now on, closed by :meth:`aclose`) bound every sandbox's run."""
         self.settings = settings
         self.host = host
         self.spawner = spawner
+        self.guards = guards
         self._bootstraps: Bootstraps | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @property
     def bootstraps(self) -> Bootstraps:
@@ -218,17 +236,35 @@ class SandboxFactory:
             os.fchown(in_r, *self.host.run_as)
         # The child's descriptor number -> ours.
         fds = {0: stdin_r, 1: out_w, 2: err_w, INPUT_FD: in_r, RESULT_FD: res_w}
+        ours = [in_w, res_r, out_r, err_r, stdin_w]
         layout = self._layout()
         private_dir = None if layout is BWRAP_LAYOUT else layout.tmp
+        # Created before the spawn: the child joins its cgroups before exec.
+        guard = self.guards.open() if self.guards is not None else None
         try:
             launch = self._launch(language, fds, layout)
-            process = await SandboxProcess.spawn(
-                self.spawner, launch, ours=[in_w, res_r, out_r, err_r, stdin_w]
-            )
+            if guard is not None:
+                launch = replace(launch, cgroup_procs=guard.join_paths)
+            process = await SandboxProcess.spawn(self.spawner, launch, ours=ours)
         except BaseException:
             if private_dir is not None:
                 private_tmp.remove(private_dir)
+            if guard is not None:
+                guard.close()
             raise
+        if guard is not None:
+            try:
+                guard.start(process.pid)
+            except BaseException:
+                # Never run a sandbox its bounds do not hold.
+                await process.kill()
+                process.close()
+                for fd in ours:
+                    os.close(fd)
+                if private_dir is not None:
+                    private_tmp.remove(private_dir)
+                guard.close()
+                raise
         settings = self.settings
         cap = settings.max_output_bytes
         return Sandbox(
@@ -240,6 +276,7 @@ class SandboxFactory:
             stdout=await process.capture(out_r, cap),
             stderr=await process.capture(err_r, cap),
             result=await process.capture(res_r, settings.max_return_value_bytes + 64 * 1024),
+            guard=guard,
             layout=layout,
             private_dir=private_dir,
         )
@@ -284,12 +321,30 @@ class SandboxFactory:
         argv = build_bwrap_argv(spec)
         return Launch(argv, fds, lent, run_as=host.run_as, rlimits=rlimits, info_fd=info_r)
 
+    def retire(self, sandbox: Sandbox) -> None:
+        """Discard a sandbox whose run is over, in the background: removing its run's
+        cgroups (about 0.4 ms) need not delay the result."""
+        task = asyncio.ensure_future(sandbox.discard())
+        self._retiring.add(task)
+        task.add_done_callback(self._retired)
+
+    def _retired(self, task: asyncio.Task[None]) -> None:
+        self._retiring.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("sandbox_discard_failed", error=repr(task.exception()))
+
     async def aclose(self) -> None:
-        """Stop the spawner helper (its sandboxes die with it); release the bootstraps."""
+        """Stop the spawner helper (its sandboxes die with it); release the bootstraps and
+        the guards."""
+        if self._retiring:
+            await asyncio.wait(list(self._retiring), timeout=1.0)
         await self.spawner.aclose()
         if self._bootstraps is not None:
             self._bootstraps.close()
             self._bootstraps = None
+        if self.guards is not None:
+            await asyncio.to_thread(self.guards.close)
+            self.guards = None
 
 
 async def _feed(fd: int | None, data: bytes) -> None:
@@ -309,11 +364,20 @@ async def _feed(fd: int | None, data: bytes) -> None:
     transport.close()
 
 
-def _metrics(elapsed: float, usage: Any) -> Metrics:
+def _metrics(elapsed: float, usage: Any, guarded: GuardReport | None) -> Metrics:
     metrics = Metrics(duration_ms=round(elapsed * 1000, 3))
+    largest_process = 0
     if usage is not None:
         metrics.cpu_time_ms = round((usage.ru_utime + usage.ru_stime) * 1000, 3)
+        largest_process = usage.ru_maxrss * 1024
         metrics.peak_memory_mb = round(usage.ru_maxrss / 1024, 3)
         metrics.io_read_bytes = int(usage.ru_inblock) * 512
         metrics.io_write_bytes = int(usage.ru_oublock) * 512
+    if guarded is not None and guarded.peak_bytes is not None:
+        # The whole run's peak. A sampled one (the watchdog) may miss a short burst; it is
+        # never below the largest single process's own high-water mark.
+        peak = guarded.peak_bytes
+        if guarded.bounds.mechanism == "watchdog":
+            peak = max(peak, largest_process)
+        metrics.peak_memory_mb = round(peak / MIB, 3)
     return metrics

@@ -1,7 +1,9 @@
 """The execution queue and lifecycle around the engine: accept, queue, run, record, report.
 
 Accepted executions are never dropped: they run, or at shutdown they are recorded (and
-reported) as ``crashed`` with termination_reason ``shutdown``.
+reported) as ``crashed`` with termination_reason ``shutdown``. With a journal, every
+acceptance is durable before the 200, so that one the daemon was killed during is
+reported ``crashed`` (``restarted``) by the next start (:meth:`ExecutionService.restore`).
 """
 
 from __future__ import annotations
@@ -14,64 +16,34 @@ import stat
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
 from . import metrics
 from .config import Settings
 from .errors import Conflict, QueueFull, ShuttingDown
-from .isolation import Level
 from .models import ExecuteRequest, ExecutionResult, TerminationReason
-from .streaming import EventLogs, OutputSink
+from .service_ports import (
+    Acceptances,
+    Dependencies,
+    Executor,
+    GuardsView,
+    PoolView,
+    Reporter,
+    StoredResults,
+)
+from .streaming import EventLogs
 
 if TYPE_CHECKING:
-    from contextlib import AbstractAsyncContextManager
-
-    from .control_plane import DeliveryStats
-    from .dependencies import SyncRequest
-    from .pool import PoolStats
+    from .journal import StorageStatus
+    from .journal_records import Accepted
 
 log = structlog.get_logger(__name__)
 
 State = Literal["queued", "running", "completed"]
 
-
-class Executor(Protocol):
-    """Runs one request to its result (engine.Engine)."""
-
-    last_start_error: str | None
-
-    @property
-    def isolation(self) -> Level:
-        """The isolation level its sandboxes run at (isolation.py)."""
-        ...
-
-    async def execute(self, request: ExecuteRequest, output: OutputSink | None = None) -> ExecutionResult: ...
-
-
-class Reporter(Protocol):
-    """What the service needs from the control-plane reporter (control_plane.py)."""
-
-    async def submit_result(
-        self, execution_id: str, session_id: str | None, result: ExecutionResult
-    ) -> None: ...
-
-    def heartbeat(self, execution_id: str) -> AbstractAsyncContextManager[None]: ...
-
-    def stats(self) -> DeliveryStats: ...
-
-
-class PoolView(Protocol):
-    """The warm pool as /health and /metrics see it (pool.WarmPool)."""
-
-    def stats(self) -> PoolStats: ...
-
-
-class Dependencies(Protocol):
-    """Installs the session's packages (dependencies.DependencyManager)."""
-
-    async def sync(self, request: SyncRequest) -> dict[str, Any]: ...
+RESTARTED_MESSAGE = "The executor restarted during the execution; its outcome is unknown."
 
 
 @dataclass
@@ -79,7 +51,8 @@ class ExecutionRecord:
     """One accepted execution and, once it ends, its result."""
 
     request: ExecuteRequest
-    fingerprint: str
+    # None: restored after a restart, without its payload; any replay of the id matches.
+    fingerprint: str | None
     accepted_at: float = field(default_factory=time.monotonic)
     state: State = "queued"
     started_at: float | None = None
@@ -117,12 +90,20 @@ class ExecutionService:
         *,
         pool: PoolView | None = None,
         dependencies: Dependencies | None = None,
+        journal: Acceptances | None = None,
+        guards: GuardsView | None = None,
+        results: StoredResults | None = None,
     ) -> None:
+        """``results``: where final results are committed when no control plane takes
+        them, so that GET and a replayed POST answer after a restart."""
         self.settings = settings
         self.engine = engine
         self.reporter = reporter
         self.pool = pool
         self.dependencies = dependencies
+        self.journal = journal
+        self.guards = guards
+        self.results = results
         self.records: OrderedDict[str, ExecutionRecord] = OrderedDict()
         # Live output of every kept execution (GET /executions/{id}/events), pruned with it.
         self.event_logs = EventLogs(settings.max_output_bytes)
@@ -170,9 +151,9 @@ class ExecutionService:
             metrics.REJECTED.labels("shutting_down").inc()
             raise ShuttingDown("The executor is shutting down.", retry_after=5)
         fingerprint = request.fingerprint()
-        existing = self.records.get(request.execution_id)
+        existing = self.get(request.execution_id)
         if existing is not None:
-            if existing.fingerprint == fingerprint:
+            if existing.fingerprint in (fingerprint, None):
                 return existing, False
             metrics.REJECTED.labels("conflict").inc()
             raise Conflict(f"Execution {request.execution_id} already exists with a different payload.")
@@ -180,6 +161,11 @@ class ExecutionService:
             metrics.REJECTED.labels("queue_full").inc()
             limit = self.settings.max_queued_executions
             raise QueueFull(f"The queue is full ({limit} waiting).", retry_after=1)
+        if self.journal is not None and report:
+            # Durable before the 200 (StorageUnavailable otherwise): if the daemon dies from
+            # here on, the next start reports the execution crashed. (A run the control plane
+            # did not ask for is answered by its own call, never acknowledged before.)
+            self.journal.accept(request.execution_id, request.session_id, request.language, request.timeout)
         record = ExecutionRecord(request=request, fingerprint=fingerprint, report=report)
         self._prune()
         self.records[request.execution_id] = record
@@ -206,11 +192,49 @@ class ExecutionService:
             if record.result is not None and (too_many or expired):
                 del self.records[key]
                 self.event_logs.discard(key)
+                if self.results is not None:
+                    self.results.forget(key)
             elif not too_many:
                 break
 
     def get(self, execution_id: str) -> ExecutionRecord | None:
-        return self.records.get(execution_id)
+        """The execution, from memory or, after a restart, from the result store."""
+        record = self.records.get(execution_id)
+        if record is None and self.results is not None:
+            stored = self.results.load(execution_id)
+            if stored is not None:
+                record = self._recorded(ExecuteRequest.model_construct(execution_id=execution_id), stored)
+        return record
+
+    def _recorded(self, request: ExecuteRequest, result: ExecutionResult) -> ExecutionRecord:
+        """A finished execution known without its payload (any replay of the id matches)."""
+        record = ExecutionRecord(request=request, fingerprint=None, state="completed", result=result)
+        record.finished_at = time.monotonic()
+        record.done.set()
+        self.records[request.execution_id] = record
+        return record
+
+    async def restore(self, accepted: Accepted, stored: ExecutionResult | None) -> ExecutionRecord:
+        """An execution a previous daemon accepted and never finished: recorded again (for
+        GET and a replayed POST) with ``stored``, the result it had already committed, or
+        reported ``crashed`` through the outbox like any result."""
+        request = ExecuteRequest.model_construct(
+            execution_id=accepted.execution_id,
+            session_id=accepted.session_id,
+            code="",
+            language=accepted.language,
+            timeout=accepted.timeout,
+        )
+        if stored is not None:
+            record = self._recorded(request, stored)
+            if self.journal is not None:
+                self.journal.complete(accepted.execution_id)
+            return record
+        record = ExecutionRecord(request=request, fingerprint=None)
+        self.records[accepted.execution_id] = record
+        crashed = ExecutionResult.crashed(RESTARTED_MESSAGE, TerminationReason.RESTARTED)
+        await self._finish(record, crashed)
+        return record
 
     # ------------------------------------------------------------------ run
     async def _worker(self) -> None:
@@ -284,8 +308,17 @@ class ExecutionService:
             stderr_bytes=len(result.stderr),
         )
         try:
+            committed = True
             if self.reporter is not None and record.report:
-                await self.reporter.submit_result(request.execution_id, request.session_id, result)
+                committed = await self.reporter.submit_result(
+                    request.execution_id, request.session_id, result
+                )
+            if self.results is not None:
+                saved = await asyncio.to_thread(self.results.save, request.execution_id, result)
+                committed = committed and saved
+            if committed and self.journal is not None:
+                # Held in memory only (the outbox failed): left open, so a restart says crashed.
+                self.journal.complete(request.execution_id)
         finally:
             record.done.set()
 
@@ -297,6 +330,13 @@ class ExecutionService:
     @property
     def active(self) -> int:
         return sum(1 for r in self.records.values() if r.state == "running")
+
+    def storage_problem(self) -> StorageStatus | None:
+        """Why acceptances cannot be made durable now (checked afresh), or None."""
+        if self.journal is None:
+            return None
+        status = self.journal.probe()
+        return None if status.available else status
 
     def health_problem(self) -> str | None:
         """A reason the daemon cannot serve executions, from cheap checks only."""
@@ -317,6 +357,9 @@ class ExecutionService:
         )
         if not writable:
             return f"workspace {workspace} is not writable by the sandbox user (uid {uid})"
+        storage = self.storage_problem()
+        if storage is not None:
+            return f"results cannot be stored ({storage.reason}): {storage.detail}; executions are refused"
         if self.engine.last_start_error is not None:
             return f"sandboxes cannot start: {self.engine.last_start_error[:300]}"
         return None

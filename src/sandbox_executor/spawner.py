@@ -171,6 +171,8 @@ class Spawner:
         nproc_headroom: int | None = None,
         confine: Confine | None = None,
         sweep_orphans: bool = False,
+        cgroup_procs: Sequence[str] = (),
+        oom_score_adj: int | None = None,
     ) -> SpawnedChild:
         """Start ``argv`` with ``fds`` (child fd number -> our fd) in a new session.
 
@@ -178,6 +180,8 @@ class Spawner:
         (no user namespace counts the child apart). ``confine``: see :class:`Confine`.
         ``sweep_orphans``: processes the child leaves behind, re-parented to the spawner
         (its subreaper), are killed when it exits (implied by a supervised ``confine``).
+        ``cgroup_procs``: the run's cgroups the child joins before it drops privileges;
+        ``oom_score_adj``: the child's and everything it starts.
         """
         if self._lock is None or self._loop is not asyncio.get_running_loop():
             self._lock = asyncio.Lock()
@@ -196,6 +200,8 @@ class Spawner:
                 "nproc_headroom": nproc_headroom,
                 "confine": confine.request() if confine is not None else None,
                 "sweep_orphans": sweep_orphans,
+                "cgroup_procs": list(cgroup_procs),
+                "oom_score_adj": oom_score_adj,
             }
             payload = json.dumps(request).encode()
             ancillary = [

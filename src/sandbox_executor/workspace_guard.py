@@ -229,6 +229,25 @@ class RunWriteWatch:
             scan = ScanResult(scan.added_bytes + hidden, scan.entries, scan.complete, scan.seconds)
         return scan
 
+    def _last_look(self) -> None:
+        """At the end of the run, which may have fallen between two probes: over the cap
+        is still a breach (confirmed by a scan on a shared file system; a scanned-only
+        workspace is too slow to scan at every run's end: its periodic scans decide)."""
+        guard = self._guard
+        if guard.mode == "scan":
+            return
+        grown = _used_bytes(guard.root) - self._start_used - self._foreign
+        self._added = max(0, grown)
+        if grown <= guard.cap_bytes:
+            return
+        if guard.mode == "statvfs_scan":
+            scan = self._scan()
+            if scan.complete and scan.added_bytes <= guard.cap_bytes:
+                self._added = scan.added_bytes
+                return
+            grown = grown if not scan.complete else scan.added_bytes
+        self._breach(grown)
+
     def _breach(self, added: int) -> None:
         self.exceeded = True
         self._added = added
@@ -245,10 +264,8 @@ class RunWriteWatch:
         if self._handle is not None:
             self._handle.cancel()
         with self._lock:
-            if not self._stopped and not self.exceeded and self._guard.mode != "scan":
-                # A last look: the end of the run may fall between two probes.
-                grown = _used_bytes(self._guard.root) - self._start_used - self._foreign
-                self._added = max(0, grown)
+            if not self._stopped and not self.exceeded:
+                self._last_look()
             self._stopped = True
             return WriteReport(self._added, self.exceeded, self._guard.mode)
 

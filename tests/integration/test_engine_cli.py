@@ -183,8 +183,15 @@ def test_check_passes_on_a_good_host(workspace: Path) -> None:
     lines = proc.stdout.splitlines()
     assert any(line.startswith("[ok  ] isolation: ") for line in lines), proc.stdout
     assert any(line.startswith("[ok  ] sandbox:") and "ran a test sandbox" in line for line in lines)
+    assert any(line.startswith("[ok  ] memory_bounds: ") for line in lines), proc.stdout
+    assert any(line.startswith("[ok  ] workspace_writes: 1024 MiB per run") for line in lines), proc.stdout
     # Every check passed; the indented lines are what the level gives up and its remedy.
     assert all(line.startswith(("[ok  ]", "       ")) for line in lines), proc.stdout
+
+
+def test_check_names_the_memory_mechanism(workspace: Path) -> None:
+    proc = _cli("check", env={"WORKSPACE_PATH": str(workspace), "RUN_BOUNDS_MECHANISM": "watchdog"})
+    assert "[ok  ] memory_bounds: watchdog (memory watchdog:" in proc.stdout, proc.stdout
 
 
 def test_check_missing_bwrap(workspace: Path) -> None:

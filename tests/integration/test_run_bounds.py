@@ -128,7 +128,9 @@ def test_multiprocess_run_over_its_limit_is_stopped_for_memory(
     # The whole run's figure: well above one worker's 100 MiB.
     assert report.peak_bytes is not None and report.peak_bytes > 200 * MIB
     if provider.mechanism == "watchdog":
-        assert report.peak_bytes - LIMIT < WATCHDOG_OVERSHOOT
+        # What the stopped tree held: four writers on two cores may grow twice as fast as
+        # the single one the documented bound is measured with.
+        assert report.peak_bytes - LIMIT < 2 * WATCHDOG_OVERSHOOT
     else:
         assert report.oom_kills >= 1
         assert report.peak_bytes <= LIMIT

@@ -47,8 +47,9 @@ class RecordingReporter:
         self.results: list[tuple[str, str | None, ExecutionResult]] = []
         self.beating: list[str] = []
 
-    async def submit_result(self, execution_id: str, session_id: str | None, result: ExecutionResult) -> None:
+    async def submit_result(self, execution_id: str, session_id: str | None, result: ExecutionResult) -> bool:
         self.results.append((execution_id, session_id, result))
+        return True
 
     @contextlib.asynccontextmanager
     async def heartbeat(self, execution_id: str) -> AsyncIterator[None]:

@@ -56,8 +56,10 @@ ROWS: list[tuple[str, dict[str, Any], Status, TerminationReason, int, str | None
      1, "memory limit"),
     ("a tripped limit at start is still the limit", {"started": False, "returncode": -9,
      "tripped": Tripped.MEMORY}, F, MEM, -9, "memory limit"),
-    ("a tripped limit does not spoil a success", {"channel": OK, "tripped": Tripped.DISK}, S, EXITED,
-     0, None),
+    ("a process killed for memory does not spoil a success", {"channel": OK, "tripped": Tripped.MEMORY},
+     S, EXITED, 0, None),
+    ("a run past its write cap fails though it exited 0", {"channel": OK, "tripped": Tripped.DISK}, F,
+     DISK, 1, "write limit"),
     ("a tripped limit does not hide the deadline", {"timed_out": True, "tripped": Tripped.MEMORY}, T,
      TerminationReason.TIMEOUT, -1, "timeout"),
 ]  # fmt: skip
@@ -91,9 +93,23 @@ def test_row(
 
 
 def test_every_reason_but_shutdown_has_a_row() -> None:
-    # Shutdown is decided by the service, never from a run's facts.
+    # Shutdown and restart are decided by the service, never from a run's facts.
     covered = {row[3] for row in ROWS}
-    assert covered == set(TerminationReason) - {TerminationReason.SHUTDOWN}
+    assert covered == set(TerminationReason) - {TerminationReason.SHUTDOWN, TerminationReason.RESTARTED}
+
+
+def test_the_watchers_lines_end_stderr_and_the_first_is_the_error() -> None:
+    memory = "Memory limit exceeded: the run used more than 256 MiB in total across its processes"
+    disk = "workspace write limit reached: the run added 20 MiB"
+    facts = _facts(returncode=-9, stderr="partial", tripped=Tripped.MEMORY | Tripped.DISK,
+                   limit_notes=(memory, disk))  # fmt: skip
+    verdict = classify(facts)
+    assert verdict.termination_reason == MEM and verdict.error == memory
+    assert verdict.stderr == f"partial\n{memory}\n{disk}\n"
+    # A tripped limit that does not decide the verdict adds nothing.
+    assert (
+        classify(_facts(channel=OK, stderr="x", tripped=Tripped.MEMORY, limit_notes=(memory,))).stderr == "x"
+    )
 
 
 def test_success_carries_the_return_value() -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from sandbox_executor.proctree import ProcTable, anon_shmem_bytes, parse_stat, reissued
 from sandbox_executor.run_bounds import BoundsUnavailable, HostCgroups, Limits
 from sandbox_executor.run_bounds import cgroupfs as fs
 from sandbox_executor.run_bounds.cgroups import Node, V2Cgroup
 from sandbox_executor.run_bounds.detect import LEAF_NAME, prepare_v2, v2_root
-from sandbox_executor.run_bounds.proctree import ProcTable, anon_shmem_bytes, parse_stat, reissued
 
 MOUNTINFO = """\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755

@@ -5,6 +5,10 @@ its message on the error pipe (the daemon gets ``{"error"}``, no sandbox starts)
 
 1. ``new_session``: a session and process group of its own (the daemon's fallback kill
    is by group), default signal dispositions, nothing blocked.
+1b. ``join_run``: into the run's cgroups (their files are root's), with ``oom_score_adj``
+   1000 (``/proc/self`` is no longer ours after the uid switch): everything exec'd from
+   here on, a supervisor included, is born inside its run's bounds and is the kernel's
+   first pick under memory pressure (bootstrap/run_join.py).
 2. ``switch_ids``: a root daemon's children drop to the sandbox user (no supplementary
    groups, then gid, then uid). Whatever needs root's files or a writable /proc/self
    (joining a cgroup, raising oom_score_adj) belongs before it.
@@ -32,9 +36,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
-    from . import confine, supervisor
+    from . import confine, run_join, supervisor
 else:
     import confine
+    import run_join
     import supervisor
 
 
@@ -54,6 +59,20 @@ def new_session(child: Child) -> None:
         signal.signal(sig, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def join_run(child: Child) -> None:
+    # OSError aborts the spawn: a sandbox outside its cgroup would run unbounded.
+    run_join.join_cgroups(child.req.get("cgroup_procs") or ())
+    if child.req.get("oom_score_adj") is not None:
+        # Non-dumpable like the spawner, this process's /proc/self files are root's: ours
+        # to write only while it is dumpable, for this one write (exec resets it anyway;
+        # a supervisor stays non-dumpable).
+        confine.set_dumpable(True)
+        try:
+            confine.set_oom_score_adj(int(child.req["oom_score_adj"]))
+        finally:
+            confine.set_dumpable(False)
 
 
 def switch_ids(child: Child) -> None:
@@ -128,6 +147,7 @@ def change_dir(child: Child) -> None:
 
 STEPS: list[Callable[[Child], None]] = [
     new_session,
+    join_run,
     switch_ids,
     set_rlimits,
     set_umask,

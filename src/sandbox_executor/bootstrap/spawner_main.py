@@ -10,7 +10,7 @@
 #
 # Protocol (JSON, one message per packet): request {"argv", "env", "cwd", "fds": [targets],
 # "uid", "gid", "rlimits": [[res, soft, hard]...], "umask", "nproc_headroom", "confine",
-# "sweep_orphans"}
+# "sweep_orphans", "cgroup_procs": [paths], "oom_score_adj"}
 # with the fds attached in the same order; reply {"pid"} or {"error"}; later, unsolicited
 # {"exit": pid, "status", "ru": [...]}. The forked child runs CHILD_STEPS in order, then
 # launches (spawner_child.py says what each step does and why in that order).

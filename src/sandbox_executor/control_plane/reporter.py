@@ -133,7 +133,11 @@ class ControlPlaneReporter:
         if self._started:
             return
         self._started = True
-        await asyncio.to_thread(self.outbox.ensure_dirs)
+        try:
+            await asyncio.to_thread(self.outbox.ensure_dirs)
+        except OSError as exc:
+            # /health says so and executions are refused until RESULTS_DIR recovers.
+            log.error("outbox_unavailable", error=f"{type(exc).__name__}: {exc}")
         left_over = await asyncio.to_thread(self.outbox.scan)
         self._undeliverable = await asyncio.to_thread(self.outbox.count_undeliverable)
         self._pending.update(left_over)
@@ -167,23 +171,25 @@ class ControlPlaneReporter:
         return DeliveryStats(len(self._pending), self._undeliverable, self._delivered)
 
     # ------------------------------------------------------------------ results
-    async def submit_result(self, execution_id: str, session_id: str | None, result: ExecutionResult) -> None:
+    async def submit_result(self, execution_id: str, session_id: str | None, result: ExecutionResult) -> bool:
         """Commit the result to the outbox durably, then deliver it in the background.
 
         Idempotent per execution id: a second submit keeps the first result. A failing disk
         is logged and the result is still delivered from memory rather than dropped.
+        Returns whether the result (or the first one of its id) is committed: on disk, or
+        with nothing to deliver (standalone); False when it lives in memory only.
         """
         if not EXECUTION_ID_RE.match(execution_id):
             raise ValueError("invalid execution_id")
         if self._base_url is None:
             # Standalone: nothing will ever deliver these, so the outbox would only grow.
             # The service keeps results in memory for GET /executions/{id}.
-            return
+            return True
         submitted_at = time.time()
         bound = log.bind(execution_id=execution_id, session_id=session_id)
         if execution_id in self._pending or execution_id in self._delivered_ids:
             bound.warning("result_already_submitted", detail="keeping the first result")
-            return
+            return execution_id not in self._memory_only
         # Claimed synchronously, so a concurrent second submit of this id sees it.
         self._pending.add(execution_id)
         envelope = Envelope(execution_id, session_id, submitted_at, encode_json(result_body(result)))
@@ -193,7 +199,7 @@ class ControlPlaneReporter:
                 bound.warning("result_already_submitted", detail="keeping the first result")
                 if not self.outbox.path(execution_id).exists():
                     self._pending.discard(execution_id)
-                return
+                return True
         except OSError:
             pass
         self._update_gauge()
@@ -207,6 +213,18 @@ class ControlPlaneReporter:
         bound.info("result_committed", durable=durable, bytes=len(envelope.body))
         if self._started and not self._closed:
             self._spawn_delivery(execution_id, envelope, replay=False)
+        return durable
+
+    def stored_result(self, execution_id: str) -> ExecutionResult | None:
+        """The result an earlier process committed for ``execution_id`` (pending delivery or
+        undeliverable), or None. Blocking: reads a file."""
+        for path in (self.outbox.path(execution_id), self.outbox.undeliverable_path(execution_id)):
+            try:
+                _, _, body = path.read_bytes().partition(b"\n")
+                return ExecutionResult.model_validate_json(body)
+            except (OSError, ValueError):
+                continue
+        return None
 
     def _spawn_delivery(self, execution_id: str, envelope: Envelope | None, *, replay: bool) -> None:
         if execution_id in self._deliveries:

@@ -122,8 +122,8 @@ class BoundsProvider(Protocol):
 
 def breach_detail(limits: Limits, used: int | None, how: str) -> str:
     """The stderr line of a memory-limit stop."""
-    used_text = f" (used {used / MIB:.0f} MiB)" if used is not None else ""
+    used_text = f" {used / MIB:.0f} MiB" if used is not None else ""
     return (
-        f"memory limit reached: the run's processes together may use {limits.memory_bytes / MIB:.0f} MiB"
-        f"{used_text}; {how}"
+        f"Memory limit exceeded: the run used more than {limits.memory_bytes / MIB:.0f} MiB in total "
+        f"across its processes ({how}{used_text})"
     )

@@ -99,7 +99,7 @@ class CgroupRun:
             self._breached = True
             try:
                 if self._on_breach is not None:
-                    how = "the kernel's OOM killer stopped a process at the run's cgroup limit"
+                    how = "the kernel stopped it at its cgroup's limit"
                     self._on_breach(Breach("memory_limit", breach_detail(self._limits, None, how)))
             finally:
                 self._cg.kill(KILL_TIMEOUT)
@@ -181,6 +181,12 @@ class CgroupProvider:
         return self._detail
 
     def create(self, limits: Limits) -> CgroupRun:
+        # Another provider of this process (a one-shot engine) may have closed the shared
+        # instance directory meanwhile.
+        for node in self._instances:
+            if not node.directory.is_dir():
+                node.directory.mkdir(exist_ok=True)
+                self._prepare(node.directory)
         name = f"r{next(_RUN_NUMBERS)}"
         nodes = tuple(instance.child(name) for instance in self._instances)
         return CgroupRun(self._factory(nodes), limits, self._poller, self._interval)

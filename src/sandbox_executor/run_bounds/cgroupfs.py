@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import mountinfo
+from ..proctree import read_proc
 
 
 @dataclass(frozen=True)
@@ -117,12 +118,8 @@ def read_procs(directory: Path) -> list[int]:
 
 def process_start(pid: int) -> int | None:
     """Start time of ``pid`` in clock ticks since boot (with the pid, a unique identity)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    return int(data[data.rindex(b")") + 2 :].split()[19])
+    read = read_proc(pid)
+    return read[0].start if read is not None else None
 
 
 def signal_if(pid: int, sig: int, belongs: Callable[[int], bool]) -> bool:
